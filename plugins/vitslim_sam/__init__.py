@@ -1,0 +1,10 @@
+"""vitslim plugin for Segment Anything (package ``segment-anything``): models ``sam-b``, ``sam-l``, ``sam-h``."""
+
+from vitslim import hookimpl
+
+from .family import SamFamily
+
+
+@hookimpl
+def vitslim_families():
+    return [SamFamily()]

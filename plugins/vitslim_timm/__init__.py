@@ -1,0 +1,10 @@
+"""vitslim plugin for timm Vision Transformers: models ``timm:<name>``."""
+
+from vitslim import hookimpl
+
+from .family import TimmFamily
+
+
+@hookimpl
+def vitslim_families():
+    return [TimmFamily()]

@@ -1,0 +1,157 @@
+"""The timm family: any timm Vision Transformer built from ``vision_transformer`` blocks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from vitslim import Family
+from vitslim.errors import UsageError, WeightsError
+from vitslim.info import set_info
+from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
+from vitslim.weights import load_into, read_state_dict
+
+PREFIX = "timm:"
+
+
+class TimmFamily(Family):
+    """timm ViTs (``VisionTransformer`` and friends with ``Attention`` + ``Mlp`` blocks)."""
+
+    name = "timm"
+
+    def model_names(self) -> list[str]:
+        return [PREFIX + "<model>"]
+
+    def handles(self, name: str) -> bool:
+        return name.startswith(PREFIX)
+
+    def create(self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any):
+        import timm
+
+        arch = name[len(PREFIX):]
+        if not timm.is_model(arch):
+            raise UsageError(f"unknown timm model '{arch}' (list them with `timm.list_models('vit_*')`)")
+        use_hub = pretrained and checkpoint is None
+        try:
+            model = timm.create_model(arch, pretrained=use_hub, **config)
+        except TypeError as exc:
+            raise UsageError(f"bad arguments for timm model '{arch}': {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - hub failures come in many types
+            if not use_hub:
+                raise
+            raise WeightsError(
+                f"cannot fetch pretrained weights for timm:{arch} ({type(exc).__name__}): are you "
+                f"offline? Pass --checkpoint PATH, or pretrained=False for random weights"
+            ) from None
+        self._check(model, arch)
+        if checkpoint is not None:
+            load_into(model, read_state_dict(checkpoint), str(checkpoint))
+        set_info(model, self.name, name, config)
+        return model.eval()
+
+    @staticmethod
+    def _check(model: nn.Module, arch: str) -> None:
+        """Refuse, in one line, architectures whose blocks are not the standard ViT block."""
+        from timm.layers import Attention, Mlp
+
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+            raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
+        for i, blk in enumerate(blocks):
+            attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+            if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+                raise UsageError(
+                    f"timm:{arch} is not supported: block {i} has no plain timm Attention "
+                    f"(attn.qkv/attn.proj), found {type(attn).__name__}"
+                )
+            if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
+                raise UsageError(
+                    f"timm:{arch} is not supported: block {i} has no plain timm Mlp (mlp.fc1/mlp.fc2), "
+                    f"found {type(mlp).__name__}"
+                )
+        if getattr(model, "attn_pool", None) is not None:
+            raise UsageError(f"timm:{arch} is not supported: attention-pooling heads are not handled yet")
+
+    def identify(self, model: nn.Module):
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            return None
+        return PREFIX + model.pretrained_cfg["architecture"], {}
+
+    def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        return tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+
+    def describe(self, model: nn.Module) -> Structure:
+        params = dict(model.named_parameters())
+        emb: list[tuple[str, int]] = []
+
+        def add(name: str, axis: int) -> None:
+            if name in params:
+                emb.append((name, axis))
+
+        for name in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+            add(name, 0)
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            add(name, params[name].dim() - 1 if name in params else 0)
+        for name in ("patch_embed.norm.weight", "patch_embed.norm.bias", "norm_pre.weight", "norm_pre.bias"):
+            add(name, 0)
+        grid = model.patch_embed.grid_size
+        tokens = math.prod(grid) + getattr(model, "num_prefix_tokens", 0)
+        blocks = []
+        for i, blk in enumerate(model.blocks):
+            p = f"blocks.{i}"
+            for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+                         "ls1.gamma", "ls2.gamma", "attn.proj.weight", "attn.proj.bias",
+                         "mlp.fc2.weight", "mlp.fc2.bias"):
+                add(f"{p}.{name}", 0)
+            add(f"{p}.attn.qkv.weight", 1)
+            add(f"{p}.mlp.fc1.weight", 1)
+            attn = blk.attn
+            hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
+                         if f"{p}.attn.{n}" in params]
+            hd_params += [(f"{p}.attn.norm.{n}", 0) for n in ("weight", "bias") if f"{p}.attn.norm.{n}" in params]
+            blocks.append(BlockSpec(
+                name=p,
+                attn=AttentionSpec(
+                    module=f"{p}.attn", qkv=f"{p}.attn.qkv", proj=f"{p}.attn.proj",
+                    num_heads=attn.num_heads, head_dim=attn.head_dim, head_dim_params=hd_params,
+                    seq_len=tokens, num_seqs=1,
+                ),
+                mlp=MlpSpec(fc1=f"{p}.mlp.fc1", fc2=f"{p}.mlp.fc2", hidden=blk.mlp.fc1.out_features),
+            ))
+        for name in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
+            add(name, 0)
+        if isinstance(getattr(model, "head", None), nn.Linear):
+            add("head.weight", 1)
+        return Structure(
+            embed_dim=model.embed_dim if hasattr(model, "embed_dim") else model.num_features,
+            blocks=blocks, embedding_root="patch_embed.proj", embedding_params=emb,
+        )
+
+    def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
+        attn.num_heads = num_heads
+        attn.head_dim = head_dim
+        attn.attn_dim = num_heads * head_dim
+        attn.scale = head_dim ** -0.5
+
+    def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
+        """timm's fused path scales by the *current* head dim; fold the ratio into q so that the pruned
+        attention equals the original one with the removed channels zeroed."""
+        import torch
+
+        factor = (attn.head_dim / old_head_dim) ** 0.5
+        with torch.no_grad():
+            if isinstance(attn.q_norm, nn.Identity):
+                rows = attn.attn_dim
+                attn.qkv.weight[:rows] *= factor
+                if attn.qkv.bias is not None:
+                    attn.qkv.bias[:rows] *= factor
+            elif getattr(attn.q_norm, "weight", None) is not None:
+                attn.q_norm.weight *= factor
+                if getattr(attn.q_norm, "bias", None) is not None:
+                    attn.q_norm.bias *= factor
+            else:
+                raise UsageError("cannot prune head dims of a timm attention with an affine-free q_norm")

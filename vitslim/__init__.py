@@ -1,0 +1,17 @@
+"""vitslim: structured compression of Vision Transformers (SlimSAM's method as a toolkit)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .hookspecs import hookimpl  # noqa: E402
+from .family import Family  # noqa: E402
+from .errors import ModelFileError, UsageError, VitslimError, WeightsError  # noqa: E402
+from .structure import AttentionSpec, BlockSpec, MlpSpec, Structure  # noqa: E402
+from .api import create, describe, inspect, load, save  # noqa: E402
+
+__all__ = [
+    "__version__", "hookimpl", "Family", "Structure", "AttentionSpec", "BlockSpec", "MlpSpec",
+    "VitslimError", "UsageError", "ModelFileError", "WeightsError",
+    "create", "describe", "inspect", "load", "save",
+]

@@ -1,0 +1,76 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from . import cost, modelfile
+from .info import get_info
+from .registry import family_for_name, family_of
+from .structure import Structure
+
+
+def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | None = None, **config: Any) -> nn.Module:
+    """Build a model by name (``"sam-b"``, ``"timm:vit_base_patch16_224"``).
+
+    ``pretrained`` loads the official weights (downloaded once, checksum verified); ``checkpoint`` loads
+    a local weights file instead. ``config`` overrides architecture arguments (e.g. ``depth=2`` for tests).
+    """
+    return family_for_name(name).create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
+
+
+def describe(model: nn.Module) -> Structure:
+    """The family-agnostic structure of ``model``'s encoder."""
+    return family_of(model).describe(model)
+
+
+def save(model: nn.Module, path: str | os.PathLike):
+    """Write ``model`` to one safe file (weights_only-loadable; atomic)."""
+    return modelfile.save(model, path)
+
+
+def load(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild a saved model: a real ``segment_anything`` ``Sam`` or a real timm model."""
+    return modelfile.load(path, device=device)
+
+
+def inspect(model: nn.Module | str | os.PathLike, macs: bool = True) -> dict:
+    """Widths, parameters and MACs of a model, a model name or a saved file.
+
+    MACs are reported twice: ``modules`` as torch-pruning's ``count_ops_and_params`` counts them (the
+    SlimSAM paper's convention) and ``with_attention`` adding q.k, attn.v and rel-pos terms.
+    """
+    source: dict[str, Any] = {}
+    if isinstance(model, (str, os.PathLike)):
+        spec = str(model)
+        if os.path.exists(spec) or spec.endswith((".pt", ".pth")):
+            payload = modelfile.read(spec)
+            source = {"file": spec, "vitslim_version": payload["vitslim_version"]}
+            model = modelfile.load(spec)
+        else:
+            model = create(spec, pretrained=False)
+    family = family_of(model)
+    info = get_info(model) or {}
+    structure = family.describe(model)
+    encoder = family.encoder(model)
+    enc_params = cost.count_params(encoder)
+    extra_params, extra_macs = family.extra_cost(model) if macs else (0, 0)
+    report: dict[str, Any] = {
+        "family": family.name,
+        "name": info.get("name"),
+        "input_shape": list(family.input_shape(model)),
+        **source,
+        "widths": structure.widths(),
+        "encoder": {"params": enc_params},
+        "model": {"params": enc_params + extra_params},
+        "history": info.get("history", []),
+    }
+    if macs:
+        mod = cost.module_macs(encoder, family, model)
+        att = cost.attention_macs(structure)
+        report["encoder"].update({"macs": mod, "macs_with_attention": mod + att})
+        report["model"].update({"macs": mod + extra_macs, "macs_with_attention": mod + att + extra_macs})
+    return report

@@ -1,0 +1,1 @@
+"""Importance criteria: score channel groups so the least important can be removed."""

@@ -1,0 +1,78 @@
+"""The interface a model family implements: names -> models, models -> structure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .structure import Structure
+
+
+class Family:
+    """Adapts one model family (SAM, timm ViTs, ...) to the family-agnostic core.
+
+    Subclasses set ``name`` and implement the methods below; everything else in vitslim works from
+    the :class:`~vitslim.structure.Structure` that :meth:`describe` returns.
+    """
+
+    name: str = ""
+
+    def model_names(self) -> list[str]:
+        """Names this family understands, for listings (patterns such as ``timm:<model>`` allowed)."""
+        raise NotImplementedError
+
+    def handles(self, name: str) -> bool:
+        """Whether ``name`` (as typed by a user) belongs to this family."""
+        raise NotImplementedError
+
+    def create(
+        self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any
+    ) -> nn.Module:
+        """Build the model ``name``; with ``pretrained`` load its official weights, or ``checkpoint``.
+
+        ``config`` overrides architecture arguments (small test models, other sizes); the result must
+        carry provenance (:func:`vitslim.info.set_info`) with the name and config that rebuild it.
+        """
+        raise NotImplementedError
+
+    def identify(self, model: nn.Module) -> tuple[str, dict] | None:
+        """(name, config) that rebuild the base architecture of ``model``, or None if not ours."""
+        raise NotImplementedError
+
+    def encoder(self, model: nn.Module) -> nn.Module:
+        """The part of ``model`` that gets compressed (the whole model by default)."""
+        return model
+
+    def describe(self, model: nn.Module) -> Structure:
+        """Describe the encoder of ``model``; names are relative to :meth:`encoder`."""
+        raise NotImplementedError
+
+    def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        """(channels, height, width) of one input image of the encoder."""
+        raise NotImplementedError
+
+    def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
+        """Update an attention module's attributes after its qkv/proj layers changed width."""
+        attn.num_heads = num_heads
+
+    def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
+        """Called after pruning changed ``attn``'s head dim, so that it computes what the original model
+        computes with the removed channels zeroed (keep the original attention scale)."""
+
+    def extra_cost(self, model: nn.Module) -> tuple[int, int]:
+        """(params, MACs) of the parts of ``model`` outside the encoder, for whole-model totals."""
+        encoder = self.encoder(model)
+        if encoder is model:
+            return 0, 0
+        enc = {id(p) for p in encoder.parameters()}
+        return sum(p.numel() for p in model.parameters() if id(p) not in enc), 0
+
+    def load_state_dict(self, model: nn.Module, state_dict: dict[str, Any]) -> None:
+        """Load weights saved by :func:`vitslim.save` (strict)."""
+        model.load_state_dict(state_dict, strict=True)
+
+    def example_input(self, model: nn.Module, batch: int = 1, device: Any = None) -> torch.Tensor:
+        """A random input batch for the encoder (used for tracing and counting)."""
+        return torch.randn(batch, *self.input_shape(model), device=device)

@@ -1,0 +1,28 @@
+"""The plugin contract: hooks a ``vitslim`` entry point may implement.
+
+A plugin is any module or object registered under the ``vitslim`` entry-point group, for example in
+its ``pyproject.toml``::
+
+    [project.entry-points.vitslim]
+    myfamily = "my_package.vitslim_plugin"
+
+and implementing one or more of the hooks below, marked with ``@vitslim.hookimpl``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vitslim")
+hookimpl = pluggy.HookimplMarker("vitslim")
+
+
+@hookspec
+def vitslim_families() -> list:
+    """Return the model families this plugin provides (instances of :class:`vitslim.Family`)."""
+
+
+@hookspec
+def vitslim_importances() -> dict:
+    """Return importance criteria by name: ``{"name": criterion}``, where a criterion follows
+    :class:`vitslim.criteria.Criterion` (an object or a callable)."""

@@ -1,0 +1,63 @@
+"""Give an encoder the widths a model file records, before its weights are loaded."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .family import Family
+from .structure import Structure
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (root.get_submodule(path) if path else root), leaf
+
+
+def _resize(root: nn.Module, name: str, axis: int, size: int) -> None:
+    """Replace parameter ``name`` by an uninitialised one whose ``axis`` has ``size`` entries."""
+    owner, leaf = _owner(root, name)
+    old = getattr(owner, leaf)
+    if old.shape[axis] == size:
+        return
+    shape = list(old.shape)
+    shape[axis] = size
+    setattr(owner, leaf, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                      requires_grad=old.requires_grad))
+
+
+def sync_attributes(module: nn.Module) -> None:
+    """Make the size attributes of standard layers agree with their (resized) weights."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            m.out_channels = m.weight.shape[0]
+            m.in_channels = m.weight.shape[1] * m.groups
+        elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
+            if isinstance(m, nn.LayerNorm):
+                m.normalized_shape = tuple(m.weight.shape)
+            else:
+                m.num_channels = m.weight.shape[0]
+
+
+def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family: Family) -> None:
+    """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`)."""
+    if len(widths["blocks"]) != len(structure.blocks):
+        raise ValueError(f"widths for {len(widths['blocks'])} blocks, the model has {len(structure.blocks)}")
+    for name, axis in structure.embedding_params:
+        _resize(encoder, name, axis, widths["embed_dim"])
+    for block, w in zip(structure.blocks, widths["blocks"]):
+        inner = w["num_heads"] * w["head_dim"]
+        _resize(encoder, f"{block.attn.qkv}.weight", 0, 3 * inner)
+        if encoder.get_submodule(block.attn.qkv).bias is not None:
+            _resize(encoder, f"{block.attn.qkv}.bias", 0, 3 * inner)
+        _resize(encoder, f"{block.attn.proj}.weight", 1, inner)
+        for name, axis in block.attn.head_dim_params:
+            _resize(encoder, name, axis, w["head_dim"])
+        _resize(encoder, f"{block.mlp.fc1}.weight", 0, w["mlp_hidden"])
+        if encoder.get_submodule(block.mlp.fc1).bias is not None:
+            _resize(encoder, f"{block.mlp.fc1}.bias", 0, w["mlp_hidden"])
+        _resize(encoder, f"{block.mlp.fc2}.weight", 1, w["mlp_hidden"])
+        family.set_attention_shape(encoder.get_submodule(block.attn.module), w["num_heads"], w["head_dim"])
+    sync_attributes(encoder)

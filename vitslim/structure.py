@@ -1,0 +1,75 @@
+"""Family-agnostic description of a ViT encoder: what the pruning core works from.
+
+Every name is a dotted path relative to the encoder module (the part that gets compressed), so a
+description applies equally to the real model and to a meta-device shadow of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AttentionSpec:
+    """One multi-head attention layer.
+
+    ``qkv`` produces ``3 * num_heads * head_dim`` features laid out as (q|k|v, head, dim); ``proj``
+    consumes ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim
+    channel that all heads share (SAM's ``rel_pos_h``/``rel_pos_w``), as ``(name, axis)``.
+    ``seq_len`` and ``num_seqs`` describe the attention matrices at the family's input size (for MACs);
+    ``rel_pos`` is the (height, width) grid when decomposed relative positions are added, else None.
+    """
+
+    module: str
+    qkv: str
+    proj: str
+    num_heads: int
+    head_dim: int
+    head_dim_params: list[tuple[str, int]] = field(default_factory=list)
+    seq_len: int = 0
+    num_seqs: int = 1
+    rel_pos: tuple[int, int] | None = None
+
+
+@dataclass
+class MlpSpec:
+    """Two-layer MLP: ``fc1`` expands to ``hidden`` features, ``fc2`` brings them back."""
+
+    fc1: str
+    fc2: str
+    hidden: int
+
+
+@dataclass
+class BlockSpec:
+    """One transformer block; ``name`` is its module path (the block's output is a feature tap)."""
+
+    name: str
+    attn: AttentionSpec
+    mlp: MlpSpec
+
+
+@dataclass
+class Structure:
+    """What the core needs to know about an encoder.
+
+    ``embed_dim`` is the residual width. ``embedding_params`` lists every parameter with an axis tied to
+    it, as ``(name, axis)``: the patch embedding, position embedding, tokens, norms, every block's
+    attention/MLP input and output sides, and what reads the final residual stream (SAM's neck, a head).
+    ``embedding_root`` is the module whose output channels start the residual stream.
+    """
+
+    embed_dim: int
+    blocks: list[BlockSpec]
+    embedding_root: str
+    embedding_params: list[tuple[str, int]] = field(default_factory=list)
+
+    def widths(self) -> dict:
+        """The per-block widths, as stored in model files."""
+        return {
+            "embed_dim": self.embed_dim,
+            "blocks": [
+                {"num_heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "mlp_hidden": b.mlp.hidden}
+                for b in self.blocks
+            ],
+        }
