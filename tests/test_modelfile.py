@@ -1,0 +1,92 @@
+import os
+
+import pytest
+import torch
+
+import vitslim
+from vitslim.errors import ModelFileError, UsageError
+
+from .conftest import encode, resize_batch
+
+
+def _shrink_by_hand(model):
+    """Change widths without pruning machinery: smaller MLP in block 0, fewer heads in block 1."""
+    from vitslim.reshape import apply_widths
+    from vitslim.registry import family_of
+
+    fam = family_of(model)
+    st = fam.describe(model)
+    w = st.widths()
+    w["blocks"][0]["mlp_hidden"] = 40
+    w["blocks"][1]["num_heads"] = 2
+    enc = fam.encoder(model)
+    apply_widths(enc, st, w, fam)
+    torch.manual_seed(1)  # apply_widths leaves new tensors uninitialised: give all weights values
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("which", ["tiny_sam", "tiny_timm"])
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_save_load_bit_identical(which, by_hand, request, tmp_path, photos):
+    model = request.getfixturevalue(which)
+    if by_hand:
+        model = _shrink_by_hand(model)
+    size = 128 if which == "tiny_sam" else 64
+    x = resize_batch(photos[:2], size)
+    path = vitslim.save(model, tmp_path / "m.pt")
+    loaded = vitslim.load(path)
+    assert type(loaded) is type(model)
+    assert vitslim.describe(loaded).widths() == vitslim.describe(model).widths()
+    assert torch.equal(encode(model, x), encode(loaded, x))
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    # the file is plain data: weights_only loading works and holds no module
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "vitslim.model" and payload["family"] in ("sam", "timm")
+    assert payload["vitslim_version"] == vitslim.__version__
+
+
+def test_loaded_sam_works_with_predictor(tiny_sam, tmp_path, photos):
+    from segment_anything import SamPredictor
+
+    path = vitslim.save(tiny_sam, tmp_path / "sam.pt")
+    predictor = SamPredictor(vitslim.load(path))
+    img = (photos[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    predictor.set_image(img)
+    import numpy as np
+
+    masks, scores, _ = predictor.predict(point_coords=np.array([[200, 200]]), point_labels=np.array([1]))
+    assert masks.shape[1:] == img.shape[:2] and scores.shape == (3,)
+
+
+def test_missing_truncated_foreign_files(tiny_timm, tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        vitslim.load(tmp_path / "nope.pt")
+    good = vitslim.save(tiny_timm, tmp_path / "good.pt")
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated, corrupt"):
+        vitslim.load(tmp_path / "trunc.pt")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelFileError, match="not a vitslim model file"):
+        vitslim.load(tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ModelFileError):
+        vitslim.load(tmp_path / "text.pt")
+
+
+def test_save_is_atomic_and_checks_folder(tiny_timm, tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="does not exist"):
+        vitslim.save(tiny_timm, tmp_path / "missing" / "m.pt")
+    target = tmp_path / "m.pt"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError):
+        vitslim.save(tiny_timm, target)
+    assert not target.exists() and os.listdir(tmp_path) == []

@@ -1,0 +1,113 @@
+"""Taylor importance |w * dL/dw|, and SlimSAM's label-free disturbed variant."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .base import Criterion, ImportanceContext
+
+ACCUMULATE = ("batch", "signed")
+
+
+class TaylorImportance(Criterion):
+    """First-order Taylor saliency from a loss the caller supplies.
+
+    ``loss_fn(output, inputs) -> scalar`` is evaluated on the encoder's output for each batch of the
+    calibration data (at most ``batches`` of them). ``accumulate="batch"`` sums |w * g| over batches;
+    ``"signed"`` sums the signed gradients first and takes |w * sum g| at the end (the SlimSAM reference
+    code, which feeds single images).
+    """
+
+    name = "taylor"
+    needs_data = True
+
+    def __init__(self, loss_fn: Callable | None = None, batches: int | None = None, accumulate: str = "batch"):
+        if accumulate not in ACCUMULATE:
+            raise ValueError(f"accumulate must be one of {ACCUMULATE}")
+        self.loss_fn = loss_fn
+        self.batches = batches
+        self.accumulate = accumulate
+        self._saliency: dict[str, torch.Tensor] = {}
+        self.images_seen = 0
+
+    def loss(self, output: torch.Tensor, inputs: torch.Tensor, ctx: ImportanceContext) -> torch.Tensor:
+        if self.loss_fn is None:
+            raise ValueError("TaylorImportance needs loss_fn(output, inputs)")
+        return self.loss_fn(output, inputs)
+
+    def prepare(self, ctx: ImportanceContext) -> None:
+        if ctx.data is None:
+            raise ValueError(f"the {self.name} criterion needs calibration data")
+        params = {n: p for n, p in ctx.params.items() if p.requires_grad}
+        acc = {n: torch.zeros_like(p) for n, p in params.items()}
+        was_training = ctx.encoder.training
+        ctx.encoder.eval()
+        self.images_seen = 0
+        try:
+            for step, inputs in enumerate(ctx.data):
+                if self.batches is not None and step >= self.batches:
+                    break
+                ctx.encoder.zero_grad(set_to_none=True)
+                device = next(iter(params.values())).device
+                inputs = inputs.to(device)
+                with torch.enable_grad():
+                    out = ctx.encoder(inputs)
+                    self.loss(out, inputs, ctx).backward()
+                self.images_seen += inputs.shape[0]
+                for n, p in params.items():
+                    if p.grad is None:
+                        continue
+                    if self.accumulate == "batch":
+                        acc[n] += (p.detach() * p.grad).abs()
+                    else:
+                        acc[n] += p.grad
+        finally:
+            ctx.encoder.zero_grad(set_to_none=True)
+            ctx.encoder.train(was_training)
+        if self.images_seen == 0:
+            raise ValueError(f"the {self.name} criterion got no calibration images")
+        if self.accumulate == "signed":
+            acc = {n: (params[n].detach() * g).abs() for n, g in acc.items()}
+        self._saliency = acc
+
+    def saliency(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        if name not in self._saliency:
+            raise RuntimeError("Taylor saliency requested before prepare()")
+        return self._saliency[name]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "batches": self.batches, "accumulate": self.accumulate,
+                "images": self.images_seen}
+
+
+class DisturbedTaylorImportance(TaylorImportance):
+    """SlimSAM's label-free criterion: Taylor saliency of MSE(student, teacher + noise).
+
+    The teacher is the model before pruning; its output is computed without gradients. The noise is
+    zero-mean Gaussian with std ``sigma`` (0.01 by default; 0.005-0.05 works), shaped like the batch.
+    """
+
+    name = "disturbed_taylor"
+
+    def __init__(self, sigma: float = 0.01, batches: int | None = None, accumulate: str = "batch", seed: int = 0):
+        super().__init__(None, batches, accumulate)
+        if sigma <= 0:
+            raise ValueError("noise sigma must be positive")
+        self.sigma = sigma
+        self.seed = seed
+
+    def prepare(self, ctx: ImportanceContext) -> None:
+        self._gen = torch.Generator().manual_seed(self.seed)
+        super().prepare(ctx)
+
+    def loss(self, output: torch.Tensor, inputs: torch.Tensor, ctx: ImportanceContext) -> torch.Tensor:
+        # Before pruning the teacher *is* this model: its output, without gradient, is output.detach().
+        target = output.detach()
+        noise = torch.randn(target.shape, generator=self._gen, dtype=target.dtype).to(target.device)
+        return F.mse_loss(output, target + self.sigma * noise)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "sigma": self.sigma, "seed": self.seed}

@@ -1,0 +1,129 @@
+"""``prune``: score, rank and remove channels of a model's encoder."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import criteria as C
+from .errors import UsageError
+from .groups import ATTENTION_MODES, PARTS, build_groups
+from .info import add_history, get_info
+from .ranking import RANKINGS, select
+from .registry import family_of, importances
+
+
+def resolve_criterion(importance: Any, **options: Any) -> C.Criterion:
+    """A criterion from a name (built-in or a plugin's), a :class:`Criterion`, or a callable.
+
+    ``options`` (``sigma``, ``batches``, ``seed``, ``p``, ``accumulate``, ``loss_fn``) go to a named
+    criterion's constructor when it accepts them.
+    """
+    if isinstance(importance, C.Criterion):
+        return importance
+    if isinstance(importance, str):
+        known = importances()
+        if importance not in known:
+            raise UsageError(f"unknown criterion '{importance}': choose one of {', '.join(sorted(known))}")
+        factory = known[importance]
+        import inspect
+
+        accepted = inspect.signature(factory).parameters
+        crit = factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
+        if not isinstance(crit, C.Criterion):
+            crit = C.FunctionCriterion(crit, importance)
+        return crit
+    if callable(importance):
+        return C.FunctionCriterion(importance)
+    raise UsageError(f"importance must be a name, a Criterion or a callable, not {type(importance).__name__}")
+
+
+def as_batches(data: Any) -> Iterable[torch.Tensor] | None:
+    """Accept a (N,C,H,W) tensor (split into batches of 1), a list of batches, or any iterable."""
+    if data is None:
+        return None
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise UsageError(f"calibration data must be image batches (N,C,H,W), got shape {tuple(data.shape)}")
+        return list(data.split(1))
+    return data
+
+
+def prune(
+    model: nn.Module,
+    ratio: float,
+    part: str = "both",
+    importance: Any = "disturbed_taylor",
+    ranking: str = "global",
+    data: Any = None,
+    attention: str = "head_dim",
+    round_to: int = 1,
+    sigma: float = 0.01,
+    batches: int | None = None,
+    seed: int = 0,
+    inplace: bool = False,
+    scores_out: dict | None = None,
+    **criterion_options: Any,
+) -> nn.Module:
+    """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``).
+
+    ``importance`` scores channels (default SlimSAM's label-free ``disturbed_taylor``, which needs
+    ``data``: preprocessed image batches); ``ranking="global"`` lets each block keep its own width;
+    ``attention="heads"`` removes whole heads instead of head-dim channels; ``round_to`` rounds kept
+    widths. Returns the pruned model (a copy unless ``inplace``), with what was done in its provenance.
+    """
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    if part not in PARTS:
+        raise UsageError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking '{ranking}': choose one of {', '.join(RANKINGS)}")
+    if attention not in ATTENTION_MODES:
+        raise UsageError(f"unknown attention mode '{attention}': choose one of {', '.join(ATTENTION_MODES)}")
+    if round_to < 1:
+        raise UsageError("round_to must be >= 1")
+    from .surgery import remove_channels
+
+    start = time.perf_counter()
+    family = family_of(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    encoder = family.encoder(model)
+    structure = family.describe(model)
+    before = structure.widths()
+    params = dict(encoder.named_parameters())
+    groups = build_groups(structure, part, attention, set(params))
+    crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)
+    batches_data = as_batches(data)
+    if crit.needs_data and batches_data is None:
+        raise UsageError(f"the '{crit.name}' criterion needs calibration images (data=...)")
+    ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params)
+    t0 = time.perf_counter()
+    crit.prepare(ctx)
+    scores = {}
+    for g in groups:
+        s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten()
+        if s.numel() != g.size:
+            raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
+        scores[g.name] = s
+    importance_s = time.perf_counter() - t0
+    if scores_out is not None:
+        scores_out.update(scores)
+    keep = select(groups, scores, ratio, ranking, round_to)
+    t1 = time.perf_counter()
+    remove_channels(model, family, structure, groups, keep)
+    surgery_s = time.perf_counter() - t1
+    after = family.describe(model).widths()
+    if get_info(model) is not None:
+        add_history(model, {
+            "step": "prune", "part": part, "ratio": ratio, "criterion": crit.describe(),
+            "ranking": ranking, "attention": attention, "round_to": round_to, "seed": seed,
+            "widths_before": before, "widths_after": after,
+            "seconds": {"importance": round(importance_s, 3), "surgery": round(surgery_s, 3),
+                        "total": round(time.perf_counter() - start, 3)},
+        })
+    return model
