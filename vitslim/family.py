@@ -57,6 +57,9 @@ class Family:
         """Update an attention module's attributes after its qkv/proj layers changed width."""
         attn.num_heads = num_heads
 
+    def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
+        """Update encoder attributes that record the residual width (after its parameters changed)."""
+
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """Called after pruning changed ``attn``'s head dim, so that it computes what the original model
         computes with the removed channels zeroed (keep the original attention scale)."""

@@ -61,3 +61,4 @@ def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family:
         _resize(encoder, f"{block.mlp.fc2}.weight", 1, w["mlp_hidden"])
         family.set_attention_shape(encoder.get_submodule(block.attn.module), w["num_heads"], w["head_dim"])
     sync_attributes(encoder)
+    family.set_embed_dim(encoder, widths["embed_dim"])

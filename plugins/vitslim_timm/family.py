@@ -127,9 +127,14 @@ class TimmFamily(Family):
         if isinstance(getattr(model, "head", None), nn.Linear):
             add("head.weight", 1)
         return Structure(
-            embed_dim=model.embed_dim if hasattr(model, "embed_dim") else model.num_features,
+            embed_dim=model.patch_embed.proj.out_channels,
             blocks=blocks, embedding_root="patch_embed.proj", embedding_params=emb,
         )
+
+    def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
+        for attr in ("embed_dim", "num_features", "head_hidden_size"):
+            if hasattr(encoder, attr):
+                setattr(encoder, attr, width)
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         attn.num_heads = num_heads

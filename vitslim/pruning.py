@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -11,10 +12,11 @@ from torch import nn
 
 from . import criteria as C
 from .errors import UsageError
-from .groups import ATTENTION_MODES, PARTS, build_groups
+from .groups import ATTENTION_MODES, PARTS, ChannelGroup, build_groups
 from .info import add_history, get_info
 from .ranking import RANKINGS, select
 from .registry import family_of, importances
+from .surgery import remove_channels
 
 
 def resolve_criterion(importance: Any, **options: Any) -> C.Criterion:
@@ -53,6 +55,59 @@ def as_batches(data: Any) -> Iterable[torch.Tensor] | None:
     return data
 
 
+@dataclass
+class PruningPlan:
+    """What :func:`plan` decided: the groups, their channel scores, and the channels each keeps."""
+
+    groups: list[ChannelGroup]
+    scores: dict[str, torch.Tensor]
+    keep: dict[str, torch.Tensor]
+    criterion: C.Criterion
+    importance_seconds: float
+
+
+def _check_options(ratio: Any, part: str, ranking: str, attention: str, round_to: int) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    if part not in PARTS:
+        raise UsageError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking '{ranking}': choose one of {', '.join(RANKINGS)}")
+    if attention not in ATTENTION_MODES:
+        raise UsageError(f"unknown attention mode '{attention}': choose one of {', '.join(ATTENTION_MODES)}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise UsageError(f"round_to must be an integer >= 1, got {round_to!r}")
+
+
+def plan(
+    model: nn.Module, ratio: float, part: str = "both", importance: Any = "disturbed_taylor",
+    ranking: str = "global", data: Any = None, attention: str = "head_dim", round_to: int = 1,
+    sigma: float = 0.01, batches: int | None = None, seed: int = 0, **criterion_options: Any,
+) -> PruningPlan:
+    """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
+    _check_options(ratio, part, ranking, attention, round_to)
+    family = family_of(model)
+    encoder = family.encoder(model)
+    structure = family.describe(model)
+    params = dict(encoder.named_parameters())
+    groups = build_groups(structure, part, attention, set(params))
+    crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)
+    batches_data = as_batches(data)
+    if crit.needs_data and batches_data is None:
+        raise UsageError(f"the '{crit.name}' criterion needs calibration images (data=...)")
+    ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params)
+    t0 = time.perf_counter()
+    crit.prepare(ctx)
+    scores = {}
+    for g in groups:
+        s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten().cpu()
+        if s.numel() != g.size:
+            raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
+        scores[g.name] = s
+    keep = select(groups, scores, ratio, ranking, round_to)
+    return PruningPlan(groups, scores, keep, crit, time.perf_counter() - t0)
+
+
 def prune(
     model: nn.Module,
     ratio: float,
@@ -66,64 +121,35 @@ def prune(
     batches: int | None = None,
     seed: int = 0,
     inplace: bool = False,
-    scores_out: dict | None = None,
     **criterion_options: Any,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``).
 
-    ``importance`` scores channels (default SlimSAM's label-free ``disturbed_taylor``, which needs
-    ``data``: preprocessed image batches); ``ranking="global"`` lets each block keep its own width;
-    ``attention="heads"`` removes whole heads instead of head-dim channels; ``round_to`` rounds kept
-    widths. Returns the pruned model (a copy unless ``inplace``), with what was done in its provenance.
+    ``importance`` scores channels: a name (``disturbed_taylor`` - the default, label-free, needs
+    ``data`` -, ``taylor``, ``magnitude``, ``random``, or a plugin's), a :class:`Criterion`, or a
+    callable ``fn(group, ctx) -> scores``. ``data`` is calibration images already preprocessed for the
+    encoder: a (N,C,H,W) tensor or an iterable of batches. ``ranking="global"`` lets each block keep its
+    own width, ``"uniform"`` gives all the same; ``attention="heads"`` removes whole heads instead of
+    head-dim channels; ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches``
+    (how many calibration batches) and ``seed`` go to the criterion. Returns the pruned model (a copy
+    unless ``inplace``), with what was done recorded in its provenance.
     """
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")
-    if part not in PARTS:
-        raise UsageError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
-    if ranking not in RANKINGS:
-        raise UsageError(f"unknown ranking '{ranking}': choose one of {', '.join(RANKINGS)}")
-    if attention not in ATTENTION_MODES:
-        raise UsageError(f"unknown attention mode '{attention}': choose one of {', '.join(ATTENTION_MODES)}")
-    if round_to < 1:
-        raise UsageError("round_to must be >= 1")
-    from .surgery import remove_channels
-
     start = time.perf_counter()
     family = family_of(model)
     if not inplace:
         model = copy.deepcopy(model)
-    encoder = family.encoder(model)
     structure = family.describe(model)
-    before = structure.widths()
-    params = dict(encoder.named_parameters())
-    groups = build_groups(structure, part, attention, set(params))
-    crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)
-    batches_data = as_batches(data)
-    if crit.needs_data and batches_data is None:
-        raise UsageError(f"the '{crit.name}' criterion needs calibration images (data=...)")
-    ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params)
-    t0 = time.perf_counter()
-    crit.prepare(ctx)
-    scores = {}
-    for g in groups:
-        s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten()
-        if s.numel() != g.size:
-            raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
-        scores[g.name] = s
-    importance_s = time.perf_counter() - t0
-    if scores_out is not None:
-        scores_out.update(scores)
-    keep = select(groups, scores, ratio, ranking, round_to)
+    p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
+             **criterion_options)
     t1 = time.perf_counter()
-    remove_channels(model, family, structure, groups, keep)
+    remove_channels(model, family, structure, p.groups, p.keep)
     surgery_s = time.perf_counter() - t1
-    after = family.describe(model).widths()
     if get_info(model) is not None:
         add_history(model, {
-            "step": "prune", "part": part, "ratio": ratio, "criterion": crit.describe(),
+            "step": "prune", "part": part, "ratio": ratio, "criterion": p.criterion.describe(),
             "ranking": ranking, "attention": attention, "round_to": round_to, "seed": seed,
-            "widths_before": before, "widths_after": after,
-            "seconds": {"importance": round(importance_s, 3), "surgery": round(surgery_s, 3),
+            "widths_before": structure.widths(), "widths_after": family.describe(model).widths(),
+            "seconds": {"importance": round(p.importance_seconds, 3), "surgery": round(surgery_s, 3),
                         "total": round(time.perf_counter() - start, 3)},
         })
     return model

@@ -1,0 +1,113 @@
+"""The pruning core: exactness against zeroing, embedding consistency, ranking, sizes."""
+
+import pytest
+import torch
+
+import vitslim
+from vitslim.errors import UsageError
+from vitslim.registry import family_of
+
+from .conftest import encode, resize_batch
+
+
+def _zeroed_reference(model, p):
+    """The original model with exactly the channels ``p`` removes set to zero."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    enc = family_of(ref).encoder(ref)
+    params = dict(enc.named_parameters())
+    with torch.no_grad():
+        for g in p.groups:
+            removed = torch.ones(g.size, dtype=torch.bool)
+            removed[p.keep[g.name]] = False
+            for name, axis, index in g.members:
+                params[name].index_fill_(axis, index[removed].flatten(), 0.0)
+    return ref
+
+
+CASES = [("tiny_sam", 128), ("tiny_timm", 64)]
+
+
+@pytest.mark.parametrize("which,size", CASES)
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.8])
+@pytest.mark.parametrize("attention", ["head_dim", "heads"])
+def test_bottleneck_pruning_equals_zeroing(which, size, ratio, attention, request, photos):
+    model = request.getfixturevalue(which)
+    x = resize_batch(photos, size)
+    kw = dict(ratio=ratio, part="bottleneck", importance="random", attention=attention, seed=3)
+    p = vitslim.plan(model, **kw)
+    pruned = vitslim.prune(model, **kw)
+    w = vitslim.describe(pruned).widths()
+    assert any(b["mlp_hidden"] < 4 * w["embed_dim"] for b in w["blocks"])  # something was removed
+    expected = encode(_zeroed_reference(model, p), x)
+    got = encode(pruned, x)
+    assert (got - expected).abs().max().item() <= 1e-5
+    # and removing the channels matters: the unpruned output differs
+    assert (encode(model, x) - got).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("which,size", CASES)
+def test_ratio_zero_changes_nothing(which, size, request, photos):
+    model = request.getfixturevalue(which)
+    x = resize_batch(photos[:2], size)
+    pruned = vitslim.prune(model, 0.0, part="both", importance="magnitude")
+    assert torch.equal(encode(model, x), encode(pruned, x))
+    for (k, a), (_, b) in zip(model.state_dict().items(), pruned.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("which,size", CASES)
+def test_embedding_pruning_shapes_and_roundtrip(which, size, request, photos, tmp_path):
+    model = request.getfixturevalue(which)
+    x = resize_batch(photos[:2], size)
+    before = vitslim.describe(model).widths()
+    pruned = vitslim.prune(model, 0.5, part="embedding", importance="magnitude")
+    after = vitslim.describe(pruned).widths()
+    assert after["embed_dim"] == before["embed_dim"] // 2
+    assert after["blocks"] == before["blocks"]  # attention and MLP widths untouched
+    enc = family_of(pruned).encoder(pruned)
+    for name, axis in vitslim.describe(pruned).embedding_params:
+        assert enc.get_parameter(name).shape[axis] == after["embed_dim"], name
+    y = encode(pruned, x)
+    assert y.shape == encode(model, x).shape and torch.isfinite(y).all()
+    loaded = vitslim.load(vitslim.save(pruned, tmp_path / "p.pt"))
+    assert torch.equal(encode(loaded, x), y)
+    assert vitslim.inspect(loaded, macs=False)["history"][0]["part"] == "embedding"
+
+
+def test_global_ranking_gives_per_block_widths(tiny_sam):
+    def skewed(group, ctx):
+        # block 0: every channel equally useful; other blocks: 3/4 of their channels nearly useless.
+        # Scores are compared after dividing by each group's mean, so block 0 keeps all its channels.
+        if group.block == 0:
+            return torch.ones(group.size)
+        s = torch.full((group.size,), 0.01)
+        s[: group.size // 4] = 4.0
+        return s
+
+    p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance=skewed, ranking="global")
+    kept_mlp = {g.block: len(p.keep[g.name]) for g in p.groups if g.kind == "mlp"}
+    assert kept_mlp[0] == 256 and min(kept_mlp.values()) >= 1
+    assert sum(kept_mlp.values()) == 4 * 256 // 2
+    u = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance=skewed, ranking="uniform")
+    assert {len(u.keep[g.name]) for g in u.groups if g.kind == "mlp"} == {128}
+
+
+def test_round_to(tiny_sam):
+    pruned = vitslim.prune(tiny_sam, 0.6, part="both", importance="magnitude", round_to=8)
+    w = vitslim.describe(pruned).widths()
+    assert w["embed_dim"] % 8 == 0
+    assert all(b["head_dim"] % 8 == 0 and b["mlp_hidden"] % 8 == 0 for b in w["blocks"])
+
+
+def test_bad_arguments(tiny_timm):
+    for bad in (-0.1, 1.0, 1.5, "0.5", None):
+        with pytest.raises(UsageError, match="ratio"):
+            vitslim.prune(tiny_timm, bad, importance="magnitude")
+    with pytest.raises(UsageError, match="unknown criterion"):
+        vitslim.prune(tiny_timm, 0.5, importance="nope")
+    with pytest.raises(UsageError, match="needs calibration images"):
+        vitslim.prune(tiny_timm, 0.5)
+    with pytest.raises(UsageError, match="unknown part"):
+        vitslim.prune(tiny_timm, 0.5, part="heads", importance="magnitude")
