@@ -30,9 +30,10 @@ class ChannelGroup:
         """Sum an elementwise saliency (``{param name: tensor shaped like the param}``) per channel."""
         score = torch.zeros(self.size, dtype=torch.float64)
         for name, axis, index in self.members:
-            s = saliency[name].detach().to(torch.float64).movedim(axis, 0)
-            per_entry = s.reshape(s.shape[0], -1).sum(1)
-            score += per_entry[index.to(per_entry.device)].sum(1).cpu()
+            s = saliency[name].detach()
+            others = [d for d in range(s.dim()) if d != axis]
+            per_entry = (s.sum(dim=others) if others else s).to(torch.float64).cpu()
+            score += per_entry[index].sum(1)
         return score
 
 

@@ -22,6 +22,7 @@ class ImportanceContext:
     family: Any
     data: Iterable[torch.Tensor] | None = None
     params: dict[str, nn.Parameter] = field(default_factory=dict)
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.params:
@@ -49,7 +50,10 @@ class Criterion:
 
     def score(self, group: ChannelGroup, ctx: ImportanceContext) -> torch.Tensor:
         """One non-negative score per channel of ``group``."""
-        return group.aggregate({n: self.saliency(n, ctx.params[n]) for n, _, _ in group.members})
+        for n, _, _ in group.members:
+            if n not in ctx.cache:  # a parameter belongs to several groups: compute its saliency once
+                ctx.cache[n] = self.saliency(n, ctx.params[n])
+        return group.aggregate(ctx.cache)
 
     def describe(self) -> dict:
         """Settings recorded in provenance."""

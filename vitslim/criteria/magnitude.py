@@ -18,7 +18,8 @@ class MagnitudeImportance(Criterion):
         self.p = p
 
     def saliency(self, name: str, param: torch.Tensor) -> torch.Tensor:
-        return param.detach().abs().pow(self.p)
+        w = param.detach()
+        return w.abs() if self.p == 1 else w.square()
 
     def describe(self) -> dict:
         return {"name": self.name, "p": self.p}

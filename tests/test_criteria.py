@@ -1,0 +1,111 @@
+"""Each criterion picks what it should on constructed cases."""
+
+import pytest
+import torch
+
+import vitslim
+from vitslim.criteria import Criterion, DisturbedTaylorImportance, MagnitudeImportance, TaylorImportance
+from vitslim.registry import family_of, plugin_manager
+
+from .conftest import resize_batch
+
+
+def _mlp_kept(p, block=0):
+    return next(p.keep[g.name] for g in p.groups if g.kind == "mlp" and g.block == block)
+
+
+def test_magnitude_removes_hand_zeroed_channels(tiny_timm):
+    fc1 = tiny_timm.blocks[0].mlp.fc1
+    dead = torch.tensor([3, 17, 40, 99, 150])
+    with torch.no_grad():
+        fc1.weight[dead] = 0
+        fc1.bias[dead] = 0
+        tiny_timm.blocks[0].mlp.fc2.weight[:, dead] = 0
+    n = fc1.out_features
+    p = vitslim.plan(tiny_timm, len(dead) / n, part="bottleneck", importance=MagnitudeImportance(p=1),
+                     ranking="uniform")
+    kept = set(_mlp_kept(p).tolist())
+    assert len(kept) == n - len(dead) and kept.isdisjoint(dead.tolist())
+
+
+def test_random_is_reproducible_with_seed(tiny_sam):
+    a = vitslim.plan(tiny_sam, 0.5, part="both", importance="random", seed=7)
+    b = vitslim.plan(tiny_sam, 0.5, part="both", importance="random", seed=7)
+    c = vitslim.plan(tiny_sam, 0.5, part="both", importance="random", seed=8)
+    assert all(torch.equal(a.keep[k], b.keep[k]) for k in a.keep)
+    assert any(not torch.equal(a.keep[k], c.keep[k]) for k in a.keep)
+
+
+def test_disturbed_taylor_matches_its_definition(tiny_timm, photos):
+    """Scores equal sum |w * dL/dw| with L = MSE(out, out.detach() + sigma * noise), noise seeded."""
+    x = resize_batch(photos, 64)
+    sigma = 0.05
+    crit = DisturbedTaylorImportance(sigma=sigma, seed=11)
+    p = vitslim.plan(tiny_timm, 0.5, part="bottleneck", importance=crit, data=x, ranking="uniform")
+    assert crit.images_seen == 4
+    # reference by hand, one image per batch as prune() splits a tensor
+    gen = torch.Generator().manual_seed(11)
+    fc1 = tiny_timm.blocks[1].mlp.fc1
+    fc2 = tiny_timm.blocks[1].mlp.fc2
+    acc = torch.zeros(fc1.out_features, dtype=torch.float64)
+    for img in x.split(1):
+        tiny_timm.zero_grad()
+        out = tiny_timm(img)
+        noise = torch.randn(out.shape, generator=gen)
+        torch.nn.functional.mse_loss(out, out.detach() + sigma * noise).backward()
+        acc += (fc1.weight * fc1.weight.grad).abs().sum(1).double()
+        acc += (fc1.bias * fc1.bias.grad).abs().double()
+        acc += (fc2.weight * fc2.weight.grad).abs().sum(0).double()
+    got = next(p.scores[g.name] for g in p.groups if g.kind == "mlp" and g.block == 1)
+    torch.testing.assert_close(got, acc, rtol=1e-4, atol=1e-12)
+    # sigma matters: gradients scale with the noise
+    crit2 = DisturbedTaylorImportance(sigma=2 * sigma, seed=11)
+    p2 = vitslim.plan(tiny_timm, 0.5, part="bottleneck", importance=crit2, data=x, ranking="uniform")
+    got2 = next(p2.scores[g.name] for g in p2.groups if g.kind == "mlp" and g.block == 1)
+    torch.testing.assert_close(got2, 2 * got, rtol=1e-3, atol=1e-12)
+
+
+def test_taylor_signed_accumulation_differs_from_per_batch(tiny_timm, photos):
+    x = resize_batch(photos, 64)
+    loss = lambda out, inputs: out.pow(2).mean()  # noqa: E731
+    a = vitslim.plan(tiny_timm, 0.5, part="bottleneck", importance=TaylorImportance(loss, accumulate="batch"), data=x)
+    b = vitslim.plan(tiny_timm, 0.5, part="bottleneck", importance=TaylorImportance(loss, accumulate="signed"), data=x)
+    name = a.groups[1].name
+    assert (b.scores[name] <= a.scores[name] + 1e-9).all()  # |sum g| <= sum |g|
+    assert not torch.allclose(a.scores[name], b.scores[name])
+
+
+def test_disturbed_taylor_any_batch_size(tiny_sam, photos):
+    x = resize_batch(photos, 128)
+    p = vitslim.plan(tiny_sam, 0.3, part="both", data=[x[:3], x[3:]], batches=2)
+    assert p.criterion.images_seen == 4 and all(s.abs().sum() > 0 for s in p.scores.values())
+
+
+class KeepFirst(Criterion):
+    """Example custom criterion: prefers low channel indices."""
+
+    name = "keep_first"
+
+    def score(self, group, ctx):
+        return torch.arange(group.size, 0, -1, dtype=torch.float64)
+
+
+def test_custom_criterion_instance_callable_and_plugin(tiny_sam):
+    p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance=KeepFirst(), ranking="uniform")
+    assert torch.equal(_mlp_kept(p), torch.arange(128))
+    p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", ranking="uniform",
+                     importance=lambda g, ctx: torch.arange(g.size, dtype=torch.float64))
+    assert torch.equal(_mlp_kept(p), torch.arange(128, 256))
+
+    class Plugin:
+        @vitslim.hookimpl
+        def vitslim_importances(self):
+            return {"keep_first": KeepFirst}
+
+    plugin = Plugin()
+    plugin_manager().register(plugin, name="test-plugin")
+    try:
+        p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance="keep_first", ranking="uniform")
+        assert torch.equal(_mlp_kept(p), torch.arange(128))
+    finally:
+        plugin_manager().unregister(plugin)
