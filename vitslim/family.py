@@ -53,6 +53,10 @@ class Family:
         """(channels, height, width) of one input image of the encoder."""
         raise NotImplementedError
 
+    def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
+        """Turn one RGB PIL image into the encoder's input tensor (C, H, W)."""
+        raise NotImplementedError
+
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         """Update an attention module's attributes after its qkv/proj layers changed width."""
         attn.num_heads = num_heads

@@ -135,6 +135,16 @@ class SamFamily(Family):
         size = self.encoder(model).img_size
         return (3, size, size)
 
+    def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
+        """SAM's own preprocessing: longest side to img_size, normalise, pad to a square."""
+        import numpy as np
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        arr = ResizeLongestSide(self.encoder(model).img_size).apply_image(np.asarray(image))
+        x = torch.as_tensor(arr).permute(2, 0, 1).float()
+        with torch.no_grad():
+            return model.preprocess(x[None].to(model.pixel_mean.device))[0].cpu()
+
     def describe(self, model: nn.Module) -> Structure:
         enc = self.encoder(model)
         grid = enc.img_size // enc.patch_embed.proj.stride[0]

@@ -82,7 +82,15 @@ class TimmFamily(Family):
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
-        return tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+        chans = model.patch_embed.proj.in_channels
+        return (chans, *model.patch_embed.img_size)
+
+    def preprocess(self, model: nn.Module, image: Any) -> "torch.Tensor":
+        """The model's own eval transform (timm's data config: size, crop, mean, std)."""
+        from timm.data import create_transform, resolve_data_config
+
+        cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
+        return create_transform(**cfg)(image)
 
     def describe(self, model: nn.Module) -> Structure:
         params = dict(model.named_parameters())
