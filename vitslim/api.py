@@ -22,6 +22,14 @@ def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | N
     return family_for_name(name).create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
 
 
+def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str | None = None) -> nn.Module:
+    """A saved vitslim file (if ``spec`` is a path to one) or a model built by name."""
+    text = str(spec)
+    if os.path.exists(text) or text.endswith((".pt", ".pth")):
+        return modelfile.load(text)
+    return create(text, pretrained=pretrained, checkpoint=checkpoint)
+
+
 def describe(model: nn.Module) -> Structure:
     """The family-agnostic structure of ``model``'s encoder."""
     return family_of(model).describe(model)
@@ -47,11 +55,8 @@ def inspect(model: nn.Module | str | os.PathLike, macs: bool = True) -> dict:
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
         if os.path.exists(spec) or spec.endswith((".pt", ".pth")):
-            payload = modelfile.read(spec)
-            source = {"file": spec, "vitslim_version": payload["vitslim_version"]}
-            model = modelfile.load(spec)
-        else:
-            model = create(spec, pretrained=False)
+            source = {"file": spec, "vitslim_version": modelfile.read(spec)["vitslim_version"]}
+        model = open_model(spec, pretrained=False)
     family = family_of(model)
     info = get_info(model) or {}
     structure = family.describe(model)

@@ -20,13 +20,21 @@ FORMAT = "vitslim.model"
 FORMAT_VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so no half-written file is ever left."""
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, in one line, if ``path`` cannot be written (missing or read-only folder)."""
     target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a folder; give a file name")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
         raise UsageError(f"cannot write {target}: folder {target.parent} is not writable")
+    return target
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so no half-written file is ever left."""
+    target = check_writable(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:

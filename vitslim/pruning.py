@@ -66,7 +66,7 @@ class PruningPlan:
     importance_seconds: float
 
 
-def _check_options(ratio: Any, part: str, ranking: str, attention: str, round_to: int) -> None:
+def check_options(ratio: Any, part: str, ranking: str, attention: str, round_to: int) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")
     if part not in PARTS:
@@ -85,7 +85,7 @@ def plan(
     sigma: float = 0.01, batches: int | None = None, seed: int = 0, **criterion_options: Any,
 ) -> PruningPlan:
     """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
-    _check_options(ratio, part, ranking, attention, round_to)
+    check_options(ratio, part, ranking, attention, round_to)
     family = family_of(model)
     encoder = family.encoder(model)
     structure = family.describe(model)
