@@ -42,7 +42,7 @@ def select(
     for kind, members in by_kind.items():
         if ranking == "uniform" or len(members) == 1:
             for g in members:
-                k = _round(int(round(g.size * (1 - ratio))), g.size, round_to, floor)
+                k = _round(int(g.size * (1 - ratio) + 1e-9), g.size, round_to, floor)
                 keep[g.name] = _top(scores[g.name], k)
             continue
         normed = []
