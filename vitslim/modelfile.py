@@ -46,15 +46,15 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return target
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (architecture, weights, provenance) to ``path`` atomically."""
+def to_payload(model: nn.Module) -> dict:
+    """Architecture description + weights + provenance of ``model``, as plain data."""
     from . import __version__
     from .registry import family_of
 
     family = family_of(model)
     info = get_info(model)
     structure = family.describe(model)
-    payload = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vitslim_version": __version__,
@@ -65,6 +65,11 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "history": info["history"],
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (architecture, weights, provenance) to ``path`` atomically."""
+    payload = to_payload(model)
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -86,11 +91,15 @@ def read(path: str | os.PathLike) -> dict:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the exact architecture recorded in ``path`` and load its weights."""
+    return from_payload(read(path), str(path)).to(device).eval()
+
+
+def from_payload(payload: dict, path: str = "model") -> nn.Module:
+    """Rebuild a model from :func:`to_payload`'s data."""
     from .registry import families
     from .reshape import apply_widths
     from .weights import load_into
 
-    payload = read(path)
     family = next((f for f in families() if f.name == payload["family"]), None)
     if family is None:
         raise ModelFileError(f"{path} needs the '{payload['family']}' family: install the plugin that provides it")
@@ -102,4 +111,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     except Exception as exc:  # noqa: BLE001
         raise ModelFileError(f"{path} is damaged: {exc}") from None
     set_info(model, family.name, payload["name"], payload["config"], payload["history"])
-    return model.to(device).eval()
+    return model

@@ -41,9 +41,12 @@ class TaylorImportance(Criterion):
     def prepare(self, ctx: ImportanceContext) -> None:
         if ctx.data is None:
             raise ValueError(f"the {self.name} criterion needs calibration data")
-        params = {n: p for n, p in ctx.params.items() if p.requires_grad}
+        params = ctx.params
         acc = {n: torch.zeros_like(p) for n, p in params.items()}
         was_training = ctx.encoder.training
+        grad_flags = {n: p.requires_grad for n, p in params.items()}
+        for p in params.values():  # a frozen teacher still needs gradients here
+            p.requires_grad_(True)
         ctx.encoder.eval()
         self.images_seen = 0
         try:
@@ -67,6 +70,8 @@ class TaylorImportance(Criterion):
         finally:
             ctx.encoder.zero_grad(set_to_none=True)
             ctx.encoder.train(was_training)
+            for n, p in params.items():
+                p.requires_grad_(grad_flags[n])
         if self.images_seen == 0:
             raise ValueError(f"the {self.name} criterion got no calibration images")
         if self.accumulate == "signed":

@@ -1,0 +1,214 @@
+"""``compress``: a schedule of prune + distil stages, with checkpoints and resume."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .engine.schedules import build_schedule
+from .engine.trainer import StageLoss, TrainConfig, train_epoch, validate, world
+from .errors import UsageError
+from .info import add_history
+from .modelfile import atomic_write, check_writable, from_payload, to_payload
+from .pruning import check_options, prune
+from .registry import family_of
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class _Tensors(Dataset):
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def dataset_for(model: nn.Module, data: Any) -> Dataset:
+    """A dataset of encoder inputs: from a folder (None: scikit-image samples), a tensor, or a Dataset."""
+    from .data import image_dataset
+
+    if isinstance(data, torch.Tensor):
+        return _Tensors(data)
+    if isinstance(data, Dataset):
+        return data
+    if data is None or isinstance(data, (str, os.PathLike)):
+        family = family_of(model)
+        return image_dataset(data, lambda im: family.preprocess(model, im))
+    raise UsageError(f"data must be a folder, a tensor or a Dataset, not {type(data).__name__}")
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split; at least one validation image and one training image."""
+    if n < 2:
+        raise UsageError(f"compression needs at least 2 images (1 for validation), got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "py_pos": random.getstate()[2]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["py_pos"]))
+
+
+def compress(
+    model: nn.Module,
+    ratio: float,
+    data: Any = None,
+    schedule: str = "alternate",
+    epochs: int = 1,
+    batch_size: int = 4,
+    accum: int = 1,
+    lr: float = 1e-4,
+    importance: Any = "disturbed_taylor",
+    ranking: str = "global",
+    attention: str = "head_dim",
+    round_to: int = 1,
+    sigma: float = 0.01,
+    importance_batches: int | None = None,
+    alpha: float = 0.5,
+    val_fraction: float = 0.1,
+    patience: int = 3,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str = "auto",
+    workdir: str | os.PathLike | None = None,
+    resume: bool = False,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    stop_after: tuple[int, int] | None = None,
+) -> nn.Module:
+    """Compress ``model`` by ``ratio`` with a schedule of prune + distil stages (SlimSAM by default).
+
+    ``alternate``: stage 1 prunes the embedding width and distils while aligning the bottleneck features
+    (attention and MLP hidden activations) with the original model's; stage 2 prunes the bottlenecks and
+    distils while aligning the block outputs with the stage-1 model's, under dynamic weights. ``one-shot``
+    and ``iterative:K`` spend the same epochs. ``data``: a folder of images (None: the scikit-image
+    samples), a (N,C,H,W) tensor of preprocessed images, or a Dataset of them. Each epoch ends with an
+    atomic checkpoint in ``workdir``; ``resume=True`` continues from it. ``out`` writes the final model.
+    ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint (for tests of resume).
+    """
+    check_options(ratio, "both", ranking, attention, round_to)
+    stages = build_schedule(schedule, ratio, epochs, alpha)
+    if out is not None:
+        check_writable(out)
+    rank, size = world()
+    if batch_size < size or batch_size % size:
+        raise UsageError(f"batch size {batch_size} must be a multiple of the {size} processes")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = TrainConfig(batch_size=batch_size, accum=accum, lr=lr, patience=patience, seed=seed,
+                      device=device, precision=precision)
+    family = family_of(model)
+    workdir = Path(workdir or "vitslim-work")
+    ckpt_path = workdir / CHECKPOINT
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"nothing to resume: no {ckpt_path} (start without --resume)")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("ratio") != ratio or state.get("schedule") != schedule:
+            raise UsageError(f"{ckpt_path} belongs to another run (ratio {state.get('ratio')}, schedule "
+                             f"{state.get('schedule')}): use another --workdir or drop --resume")
+    if rank == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    original = model.to(device).eval()
+    for p in original.parameters():
+        p.requires_grad_(False)
+    dataset = dataset_for(model, data)
+    train_idx, val_idx = split(len(dataset), val_fraction, seed)
+    train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx)
+
+    from .progress import StageProgress
+
+    ui = StageProgress(enabled=progress and rank == 0)
+    started = time.perf_counter()
+    history: list[dict] = []
+    current, start_stage, start_epoch = original, 0, 0
+    student = None
+    if state is not None:
+        history = state["history"]
+        start_stage, start_epoch = state["stage"], state["epoch"] + 1
+        current = from_payload(state["previous"]).to(device).eval() if state["previous"] else original
+        student = from_payload(state["student"]).to(device)
+        if start_epoch >= stages[start_stage].epochs:  # that stage had finished
+            current, student = student.eval(), None
+            start_stage, start_epoch = start_stage + 1, 0
+        _set_rng_state(state["rng"])
+
+    for si in range(start_stage, len(stages)):
+        stage = stages[si]
+        resuming = state is not None and si == start_stage and student is not None
+        first_epoch = start_epoch if resuming else 0
+        if not resuming:
+            calib = DataLoader(train_set, batch_size=max(1, batch_size // size), shuffle=False)
+            with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
+                student = prune(current, stage.ratio, part=stage.part, importance=importance,
+                                ranking=ranking, data=calib, attention=attention, round_to=round_to,
+                                sigma=sigma, batches=importance_batches, seed=seed + si)
+            student = student.to(device)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        previous = current
+        for p in previous.parameters():
+            p.requires_grad_(False)
+        encoder = family.encoder(student)
+        trainable = encoder
+        if size > 1:
+            trainable = torch.nn.parallel.DistributedDataParallel(encoder)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor,
+                                                               patience=cfg.patience)
+        if resuming:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        loss = StageLoss(family, family.describe(student), stage.terms, {"original": original, "previous": previous})
+        for epoch in range(first_epoch, stage.epochs):
+            with ui.epoch(si, len(stages), stage.name, epoch, stage.epochs) as tick:
+                terms = train_epoch(student, trainable, loss, train_set, epoch, optimizer, cfg, tick)
+                val = validate(student, loss, val_set, epoch, cfg)
+            scheduler.step(val)
+            record = {"stage": stage.name, "epoch": epoch, "train": terms, "val_output_mse": val,
+                      "lr": optimizer.param_groups[0]["lr"]}
+            history.append(record)
+            ui.log(record)
+            if rank == 0:
+                payload = {
+                    "ratio": ratio, "schedule": schedule, "stage": si, "epoch": epoch,
+                    "student": to_payload(student), "previous": None if previous is original else to_payload(previous),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "history": history,
+                }
+                atomic_write(ckpt_path, lambda tmp: torch.save(payload, tmp))
+            if stop_after == (si, epoch):
+                raise KeyboardInterrupt
+        current = student.eval()
+        student = None
+        state = None
+
+    final = current
+    add_history(final, {"step": "distill", "schedule": schedule, "ratio": ratio, "epochs": epochs,
+                        "batch_size": batch_size, "accum": accum, "lr": lr, "seed": seed,
+                        "images": {"train": len(train_idx), "val": len(val_idx)}, "log": history,
+                        "seconds": round(time.perf_counter() - started, 2)})
+    if out is not None and rank == 0:
+        from .modelfile import save
+
+        save(final.cpu(), out)
+    return final

@@ -1,0 +1,1 @@
+"""The slimming engine: schedules of prune + distil stages, the training loop, checkpoints."""

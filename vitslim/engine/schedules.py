@@ -1,0 +1,59 @@
+"""Schedules: the stages of a compression run, each pruning then distilling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from .losses import OUTPUT, Term, constant_then_off, dynamic
+from .taps import BLOCK_OUTPUTS, BOTTLENECKS
+
+SCHEDULES = ("alternate", "one-shot", "iterative:K")
+
+
+@dataclass
+class Stage:
+    """Prune ``part`` by ``ratio`` (of the current widths), then distil for ``epochs`` with ``terms``."""
+
+    name: str
+    part: str
+    ratio: float
+    terms: list[Term]
+    epochs: int
+
+
+def build_schedule(schedule: str, ratio: float, epochs: int, alpha: float = 0.5) -> list[Stage]:
+    """``alternate`` (SlimSAM), ``one-shot`` or ``iterative:K``; every schedule spends the same number of
+    epochs in total (2 x ``epochs``)."""
+    if epochs < 1:
+        raise UsageError(f"epochs must be >= 1, got {epochs}")
+    one = lambda n: 1.0  # noqa: E731
+    if schedule == "alternate":
+        half = max(1, epochs // 2)
+        stage1_align = constant_then_off(alpha, max(1, (epochs + 1) // 2))
+        stage2 = dynamic(half)
+        return [
+            Stage("embedding", "embedding", ratio, [
+                Term("output", OUTPUT, "original", one),
+                Term("bottlenecks", BOTTLENECKS, "original", stage1_align),
+            ], epochs),
+            Stage("bottleneck", "bottleneck", ratio, [
+                Term("output", OUTPUT, "original", lambda n: 1.0 - stage2(n)),
+                Term("blocks", BLOCK_OUTPUTS, "previous", stage2),
+                Term("output_previous", OUTPUT, "previous", stage2),
+            ], epochs),
+        ]
+    if schedule == "one-shot":
+        return [Stage("one-shot", "both", ratio, [Term("output", OUTPUT, "original", one)], 2 * epochs)]
+    if schedule.startswith("iterative:"):
+        try:
+            k = int(schedule.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise UsageError(f"bad schedule '{schedule}': write iterative:K with K >= 1, e.g. iterative:3")
+        per_round = 1 - (1 - ratio) ** (1 / k)
+        each = max(1, round(2 * epochs / k))
+        return [Stage(f"round{i + 1}", "both", per_round, [Term("output", OUTPUT, "original", one)], each)
+                for i in range(k)]
+    raise UsageError(f"unknown schedule '{schedule}': choose alternate, one-shot or iterative:K")

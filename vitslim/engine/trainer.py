@@ -1,0 +1,151 @@
+"""The distillation loop of one stage: AdamW, plateau LR halving, accumulation, autocast, validation."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..structure import Structure
+from .losses import OUTPUT, Term, term_loss
+from .taps import tap_points, tapped
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop (see :func:`vitslim.compress`)."""
+
+    batch_size: int = 4
+    accum: int = 1
+    lr: float = 1e-4
+    patience: int = 3
+    factor: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere | fp32 | bf16
+    num_workers: int = 0
+
+    def autocast(self):
+        dtype = self.amp_dtype()
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
+    def amp_dtype(self):
+        if self.precision == "fp32" or (self.precision == "auto" and torch.device(self.device).type != "cuda"):
+            return None
+        return torch.bfloat16
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """A seeded permutation per epoch, split across ranks like DistributedSampler, so that a global batch
+    holds the same images whatever the number of processes."""
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n, self.seed, self.epoch = n, seed, epoch
+        self.rank, self.size = world()
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        usable = (self.n // self.size) * self.size
+        return iter(order[:usable][self.rank::self.size])
+
+    def __len__(self) -> int:
+        return self.n // self.size
+
+
+class StageLoss:
+    """Evaluates a stage's terms: runs the student and each reference model with the needed taps."""
+
+    def __init__(self, family, structure_student: Structure, terms: list[Term], refs: dict[str, nn.Module]):
+        self.family = family
+        self.terms = terms
+        self.refs = refs
+        self.points = {t.tap: tap_points(structure_student, t.tap) for t in terms if t.tap != OUTPUT}
+
+    def _run(self, model: nn.Module, x: torch.Tensor, taps: set[str], runner=None) -> dict[str, torch.Tensor]:
+        encoder = self.family.encoder(model)
+        pts = [p for t in taps for p in self.points[t]]
+        with tapped(encoder, pts) as feats:
+            out = (runner or encoder)(x)
+        return {**feats, OUTPUT: out}
+
+    def __call__(self, student: nn.Module, x: torch.Tensor, epoch: int, runner=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted sum of the active terms; ``runner`` (e.g. a DDP wrapper of the student's encoder)
+        is called instead of the encoder itself."""
+        active = [t for t in self.terms if t.weight(epoch) != 0.0]
+        s = self._run(student, x, {t.tap for t in active if t.tap != OUTPUT}, runner)
+        refs = {}
+        with torch.no_grad():
+            for name in {t.reference for t in active}:
+                refs[name] = self._run(self.refs[name], x, {t.tap for t in active if t.reference == name and t.tap != OUTPUT})
+        total = s[OUTPUT].new_zeros((), dtype=torch.float32)
+        parts = {}
+        for t in active:
+            keys = [OUTPUT] if t.tap == OUTPUT else [k for k, _ in self.points[t.tap]]
+            value = term_loss(t, s, refs[t.reference], keys)
+            parts[t.name] = float(value.detach())
+            total = total + t.weight(epoch) * value
+        return total, parts
+
+
+def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data: Dataset, epoch: int,
+                optimizer: torch.optim.Optimizer, cfg: TrainConfig, progress=None) -> dict[str, float]:
+    """One epoch over ``data`` in a seeded order; returns mean loss terms. ``trainable`` is the module
+    whose gradients are synchronised (the DDP wrapper of the student's encoder, or the encoder)."""
+    rank, size = world()
+    per_rank = max(1, cfg.batch_size // size)
+    loader = DataLoader(data, batch_size=per_rank, sampler=EpochOrder(len(data), cfg.seed, epoch),
+                        num_workers=cfg.num_workers, drop_last=False)
+    student.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    optimizer.zero_grad(set_to_none=True)
+    n_batches = len(loader)
+    for i, x in enumerate(loader):
+        x = x.to(cfg.device, non_blocking=True)
+        last_of_step = (i + 1) % cfg.accum == 0 or i + 1 == n_batches
+        sync = trainable.no_sync() if (hasattr(trainable, "no_sync") and not last_of_step) else nullcontext()
+        with ExitStack() as stack:
+            stack.enter_context(sync)
+            with cfg.autocast():
+                value, parts = loss(student, x, epoch, runner=trainable)
+            (value / cfg.accum).backward()
+        if last_of_step:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for k, v in {"loss": float(value.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+        if progress is not None:
+            progress(i + 1, n_batches, float(value.detach()))
+    return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def validate(student: nn.Module, loss: StageLoss, data: Dataset, epoch: int, cfg: TrainConfig) -> float:
+    """Mean MSE between the student's output and the original model's, over the validation images."""
+    student.eval()
+    loader = DataLoader(data, batch_size=max(1, cfg.batch_size), shuffle=False, num_workers=cfg.num_workers)
+    total, n = 0.0, 0
+    enc = loss.family.encoder
+    for x in loader:
+        x = x.to(cfg.device)
+        with cfg.autocast():
+            s = enc(student)(x)
+            r = enc(loss.refs["original"])(x)
+        total += float(torch.nn.functional.mse_loss(s.float(), r.float(), reduction="sum"))
+        n += s.numel()
+    return total / max(n, 1)

@@ -1,0 +1,41 @@
+"""Progress display for long work (rich): stage, epoch, step, loss, ETA."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class StageProgress:
+    """Shows one bar per epoch and a line per finished epoch; silent when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool = True, console: Console | None = None):
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+
+    def status(self, text: str):
+        return self.console.status(text) if self.enabled else nullcontext()
+
+    @contextmanager
+    def epoch(self, stage: int, stages: int, name: str, epoch: int, epochs: int):
+        if not self.enabled:
+            yield None
+            return
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(f"stage {stage + 1}/{stages} {name} epoch {epoch + 1}/{epochs}", total=None, loss=0.0)
+
+            def tick(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, loss=loss)
+
+            yield tick
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        terms = " ".join(f"{k} {v:.5f}" for k, v in record["train"].items())
+        self.console.print(f"{record['stage']} epoch {record['epoch'] + 1}: {terms} | val {record['val_output_mse']:.6f} "
+                           f"| lr {record['lr']:.2e}", highlight=False)
