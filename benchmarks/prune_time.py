@@ -2,8 +2,9 @@
 
     python benchmarks/prune_time.py --model sam-b --ratio 0.77 --images 2 [--json out.json]
 
-Weights are random (sizes and timings do not depend on them). Surgery = building the channel groups
-from the structure description, removing the channels and fixing attributes; importance = disturbed
+Weights are random (sizes and timings do not depend on them). Surgery = tracing torch-pruning's
+dependency graph on a meta-device shadow, building the channel groups, removing the channels and fixing
+attributes; importance = disturbed
 Taylor forward + backward at the family's input size (1024x1024 for SAM), reported per image.
 """
 
@@ -17,6 +18,7 @@ import time
 import torch
 
 import vitslim
+from vitslim.graph import graph_embedding_params
 from vitslim.groups import build_groups
 from vitslim.ranking import select
 from vitslim.registry import family_of
@@ -39,6 +41,7 @@ def main() -> None:
         m = vitslim.prune(model, 0.0, part="both", importance="magnitude")  # a fresh copy
         t0 = time.perf_counter()
         structure = family.describe(m)
+        structure.embedding_params = graph_embedding_params(family.encoder(m), structure, family, m)
         groups = build_groups(structure, "both", params=set(dict(family.encoder(m).named_parameters())))
         scores = {g.name: torch.rand(g.size, dtype=torch.float64) for g in groups}
         keep = select(groups, scores, args.ratio, "global")

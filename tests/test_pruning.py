@@ -111,3 +111,17 @@ def test_bad_arguments(tiny_timm):
         vitslim.prune(tiny_timm, 0.5)
     with pytest.raises(UsageError, match="unknown part"):
         vitslim.prune(tiny_timm, 0.5, part="heads", importance="magnitude")
+
+
+@pytest.mark.parametrize("which", ["tiny_sam", "tiny_timm"])
+def test_dependency_graph_agrees_with_structure_description(which, request):
+    """torch-pruning's graph (traced on a meta shadow) and the family's description name the same
+    embedding-coupled parameters; loading a file relies on the description alone."""
+    from vitslim.graph import graph_embedding_params
+
+    model = request.getfixturevalue(which)
+    fam = family_of(model)
+    st = fam.describe(model)
+    from_graph = graph_embedding_params(fam.encoder(model), st, fam, model)
+    assert sorted(from_graph) == sorted(st.embedding_params)
+    assert any(name.endswith("pos_embed") for name, _ in from_graph)

@@ -10,7 +10,7 @@ from .errors import ModelFileError, UsageError, VitslimError, WeightsError  # no
 from .structure import AttentionSpec, BlockSpec, MlpSpec, Structure  # noqa: E402
 from .api import create, describe, inspect, load, save  # noqa: E402
 from .pruning import plan, prune  # noqa: E402
-from .compress import compress  # noqa: E402
+from .compression import compress  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Family", "Structure", "AttentionSpec", "BlockSpec", "MlpSpec",

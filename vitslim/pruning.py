@@ -12,6 +12,7 @@ from torch import nn
 
 from . import criteria as C
 from .errors import UsageError
+from .graph import graph_embedding_params
 from .groups import ATTENTION_MODES, PARTS, ChannelGroup, build_groups
 from .info import add_history, get_info
 from .ranking import RANKINGS, select
@@ -89,6 +90,9 @@ def plan(
     family = family_of(model)
     encoder = family.encoder(model)
     structure = family.describe(model)
+    if part in ("embedding", "both"):
+        # torch-pruning's dependency graph decides what moves with the residual channels
+        structure.embedding_params = graph_embedding_params(encoder, structure, family, model)
     params = dict(encoder.named_parameters())
     groups = build_groups(structure, part, attention, set(params))
     crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)

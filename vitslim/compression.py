@@ -157,7 +157,8 @@ def compress(
         resuming = state is not None and si == start_stage and student is not None
         first_epoch = start_epoch if resuming else 0
         if not resuming:
-            calib = DataLoader(train_set, batch_size=max(1, batch_size // size), shuffle=False)
+            # every rank scores the same batches as a single process would, so all prune alike
+            calib = DataLoader(train_set, batch_size=batch_size, shuffle=False)
             with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
                 student = prune(current, stage.ratio, part=stage.part, importance=importance,
                                 ranking=ranking, data=calib, attention=attention, round_to=round_to,

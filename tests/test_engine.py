@@ -1,0 +1,140 @@
+"""The slimming engine: losses fall, widths at stage boundaries, the right pairs compared, resume."""
+
+import copy
+
+import pytest
+import torch
+
+import vitslim
+from vitslim.engine.losses import OUTPUT
+from vitslim.engine.schedules import build_schedule
+from vitslim.engine.taps import BLOCK_OUTPUTS, BOTTLENECKS, tap_points, tapped
+from vitslim.engine.trainer import StageLoss
+from vitslim.errors import UsageError
+from vitslim.registry import family_of
+
+from .conftest import resize_batch
+
+
+@pytest.fixture(scope="module")
+def sam_images(photos):
+    return resize_batch(photos, 128)
+
+
+def _train_losses(model, key="output"):
+    log = model._vitslim_info["history"][-1]["log"]
+    stages = {}
+    for r in log:
+        stages.setdefault(r["stage"], []).append(r["train"][key])
+    return stages
+
+
+@pytest.mark.parametrize("which,size", [("tiny_sam", 128), ("tiny_timm", 64)])
+def test_alternate_losses_fall_and_widths(which, size, request, photos, tmp_path):
+    model = request.getfixturevalue(which)
+    x = resize_batch(photos, size).repeat(2, 1, 1, 1)  # 8 images
+    w0 = vitslim.describe(model).widths()
+    out = vitslim.compress(model, 0.5, data=x, epochs=4, batch_size=2, lr=1e-3, workdir=tmp_path,
+                           importance_batches=2, progress=False, out=tmp_path / "final.pt")
+    for stage, losses in _train_losses(out).items():
+        assert losses[-1] < losses[0], (stage, losses)
+    w = vitslim.describe(out).widths()
+    assert w["embed_dim"] == w0["embed_dim"] // 2
+    assert sum(b["mlp_hidden"] for b in w["blocks"]) < 0.6 * sum(b["mlp_hidden"] for b in w0["blocks"])
+    # stage 1's result (kept in the last checkpoint as "previous") has the pruned embedding, full bottlenecks
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["previous"]["widths"]["embed_dim"] == w["embed_dim"]
+    assert [b["mlp_hidden"] for b in ckpt["previous"]["widths"]["blocks"]] == [b["mlp_hidden"] for b in w0["blocks"]]
+    loaded = vitslim.load(tmp_path / "final.pt")
+    assert vitslim.describe(loaded).widths() == w
+
+
+def _manual_mse(a_model, b_model, family, points, x):
+    """Mean over tap points of MSE between two models' features, computed independently of StageLoss."""
+    feats = []
+    for m in (a_model, b_model):
+        with tapped(family.encoder(m), points) as f, torch.no_grad():
+            out = family.encoder(m)(x)
+        feats.append({**f, OUTPUT: out})
+    keys = [k for k, _ in points] or [OUTPUT]
+    return torch.stack([torch.nn.functional.mse_loss(feats[0][k], feats[1][k]) for k in keys]).mean()
+
+
+def test_terms_compare_the_right_pairs(tiny_sam, sam_images):
+    family = family_of(tiny_sam)
+    original = tiny_sam
+    stage1 = vitslim.prune(original, 0.5, part="embedding", importance="magnitude")
+    with torch.no_grad():  # make stage 1's model differ from a plain pruned copy, as distillation would
+        for p in stage1.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    stage2 = vitslim.prune(stage1, 0.5, part="bottleneck", importance="magnitude")
+    s1, s2 = build_schedule("alternate", 0.5, 4)
+    x = sam_images[:2]
+
+    # stage 1: bottleneck features of the embedding-pruned student vs the ORIGINAL model
+    loss1 = StageLoss(family, family.describe(stage1), s1.terms, {"original": original, "previous": original})
+    _, parts = loss1(stage1, x, epoch=0)
+    pts = tap_points(family.describe(stage1), BOTTLENECKS)
+    expected = _manual_mse(stage1, original, family, pts, x)
+    assert parts["bottlenecks"] == pytest.approx(float(expected), rel=1e-5)
+    assert parts["bottlenecks"] > 1e-6  # not the student against itself
+    assert parts["output"] == pytest.approx(float(_manual_mse(stage1, original, family, [], x)), rel=1e-5)
+
+    # stage 2: block outputs vs the STAGE-1 model; output vs both the original and the stage-1 model
+    loss2 = StageLoss(family, family.describe(stage2), s2.terms, {"original": original, "previous": stage1})
+    _, parts = loss2(stage2, x, epoch=0)
+    pts = tap_points(family.describe(stage2), BLOCK_OUTPUTS)
+    assert parts["blocks"] == pytest.approx(float(_manual_mse(stage2, stage1, family, pts, x)), rel=1e-5)
+    assert parts["output_previous"] == pytest.approx(float(_manual_mse(stage2, stage1, family, [], x)), rel=1e-5)
+    assert parts["output"] == pytest.approx(float(_manual_mse(stage2, original, family, [], x)), rel=1e-5)
+    assert parts["output"] != pytest.approx(parts["output_previous"], rel=1e-3)
+    # block outputs cannot be compared with the original (other width): the engine says so
+    bad = StageLoss(family, family.describe(stage2), s2.terms, {"original": original, "previous": original})
+    with pytest.raises(RuntimeError, match="shape"):
+        bad(stage2, x, epoch=0)
+
+
+def test_dynamic_weights():
+    s1, s2 = build_schedule("alternate", 0.5, 6, alpha=0.5)
+    w = {t.name: [t.weight(n) for n in range(6)] for t in s1.terms}
+    assert w["bottlenecks"] == [0.5, 0.5, 0.5, 0, 0, 0] and w["output"] == [1.0] * 6
+    w = {t.name: [t.weight(n) for n in range(6)] for t in s2.terms}
+    assert w["blocks"] == pytest.approx([2 / 3, 1 / 3, 0, 0, 0, 0])
+    assert w["output"] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+    assert [s.epochs for s in build_schedule("iterative:3", 0.5, 3)] == [2, 2, 2]
+    assert sum(s.epochs for s in build_schedule("one-shot", 0.5, 3)) == 6
+    for bad in ("iterative:0", "iterative:x", "sometimes"):
+        with pytest.raises(UsageError):
+            build_schedule(bad, 0.5, 2)
+
+
+def test_resume_equals_uninterrupted(tiny_timm, photos, tmp_path, monkeypatch):
+    import vitslim.compression as engine
+
+    x = resize_batch(photos, 64).repeat(2, 1, 1, 1)
+    kw = dict(ratio=0.5, data=x, epochs=2, batch_size=2, lr=1e-3, importance_batches=2, progress=False)
+    full = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "a", **kw)
+    epochs_run = []
+    real_train_epoch = engine.train_epoch
+
+    def counting(*args, **kwargs):
+        epochs_run.append(args[4])
+        return real_train_epoch(*args, **kwargs)
+
+    for stop, left in [((0, 0), 3), ((0, 1), 2), ((1, 0), 1)]:
+        wd = tmp_path / f"b{stop}"
+        with pytest.raises(KeyboardInterrupt):
+            vitslim.compress(copy.deepcopy(tiny_timm), workdir=wd, stop_after=stop, **kw)
+        monkeypatch.setattr(engine, "train_epoch", counting)
+        epochs_run.clear()
+        resumed = vitslim.compress(copy.deepcopy(tiny_timm), workdir=wd, resume=True, **kw)
+        monkeypatch.setattr(engine, "train_epoch", real_train_epoch)
+        assert len(epochs_run) == left  # only the epochs after the checkpoint were trained again
+        for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+            assert torch.equal(a, b), (stop, k)
+        assert len(resumed._vitslim_info["history"][-1]["log"]) == 4
+
+
+def test_resume_without_checkpoint(tiny_timm, tmp_path):
+    with pytest.raises(UsageError, match="nothing to resume"):
+        vitslim.compress(tiny_timm, 0.5, data=torch.zeros(4, 3, 64, 64), workdir=tmp_path, resume=True)
