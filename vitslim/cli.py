@@ -126,6 +126,174 @@ def prune(
     console.print(f"wrote {path}  (importance {step['seconds']['importance']} s, surgery {step['seconds']['surgery']} s)")
 
 
+def _default_out(model: str, ratio: float) -> str:
+    from pathlib import Path
+
+    stem = Path(model).stem if model.endswith((".pt", ".pth")) else model.split(":")[-1]
+    return f"{stem}-slim{round(ratio * 100)}.pt"
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Model name (sam-b, timm:vit_base_patch16_224) or saved file."),
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels to remove, in [0, 1)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder of images (recursive jpg/png); default: samples."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output file (default: <model>-slim<ratio>.pt)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local weights instead of a download."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Start from random weights (testing)."),
+    criterion: str = typer.Option("disturbed_taylor", "--criterion", help="Importance criterion."),
+    ranking: str = typer.Option("global", "--ranking", help="global | uniform"),
+    attention: str = typer.Option("head_dim", "--attention", help="head_dim | heads"),
+    schedule: str = typer.Option("alternate", "--schedule", help="alternate | one-shot | iterative:K"),
+    epochs: int = typer.Option(1, "--epochs", help="Epochs per stage (alternate)."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
+    lr: float = typer.Option(1e-4, "--lr"),
+    noise_sigma: float = typer.Option(0.01, "--noise-sigma", help="Disturbed Taylor noise std."),
+    importance_batches: Optional[int] = typer.Option(None, "--importance-batches", help="Batches for importance (default: all)."),
+    round_to: int = typer.Option(1, "--round-to"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPU) | fp32 | bf16"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run kept in --workdir."),
+    workdir: str = typer.Option("vitslim-work", "--workdir", help="Where epoch checkpoints are kept."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the validation split at the end."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Compress a model: prune + distil in stages (SlimSAM's alternate slimming by default)."""
+    import time
+    from pathlib import Path
+
+    from .api import inspect as inspect_model, open_model
+    from .compression import compress as run_compress, dataset_for, split
+    from .data import find_images
+    from .engine.schedules import build_schedule
+    from .errors import UsageError
+    from .modelfile import check_writable
+    from .pruning import check_options, resolve_criterion
+
+    out = out or _default_out(model, ratio)
+    check_writable(out)  # every cheap check before the slow work
+    check_options(ratio, "both", ranking, attention, round_to)
+    build_schedule(schedule, ratio, epochs)
+    resolve_criterion(criterion, sigma=noise_sigma)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"unknown precision '{precision}': choose auto, fp32 or bf16")
+    if batch_size < 1 or accum < 1:
+        raise UsageError("--batch-size and --accum must be >= 1")
+    if resume and not (Path(workdir) / "checkpoint.pt").is_file():
+        raise UsageError(f"nothing to resume in {workdir} (no checkpoint.pt): run without --resume")
+    if data is not None:
+        find_images(data)
+    else:
+        err_console.print("[yellow]warning:[/yellow] no --data given: using scikit-image's 10 sample photos; "
+                          "real compression wants thousands of images", highlight=False)
+    started = time.perf_counter()
+    teacher = open_model(model, pretrained=not random_weights, checkpoint=checkpoint)
+    before = inspect_model(teacher)
+    try:
+        student = run_compress(
+            teacher, ratio, data=data, schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
+            lr=lr, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
+            sigma=noise_sigma, importance_batches=importance_batches, seed=seed, device=device,
+            precision=precision, workdir=workdir, resume=resume, out=out,
+        )
+    except KeyboardInterrupt:
+        raise VitslimError(f"interrupted: the last epoch checkpoint is kept in {workdir}; continue with --resume") from None
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+            raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum") from None
+        raise
+    after = inspect_model(out)
+    summary = {"model": model, "ratio": ratio, "out": out, "seconds": None,
+               "before": {k: before["model"][k] for k in ("params", "macs")},
+               "after": {k: after["model"][k] for k in ("params", "macs")},
+               "stages": {}}
+    for rec in after["history"][-1]["log"]:
+        summary["stages"][rec["stage"]] = {"train_loss": rec["train"]["loss"], "val_output_mse": rec["val_output_mse"]}
+    if evaluate:
+        from .registry import family_of
+
+        ds = dataset_for(teacher, data)
+        _, val_idx = split(len(ds), 0.1, seed)
+        images = [ds.images[i] for i in val_idx]
+        summary["eval"] = _evaluate(family_of(teacher), student.cpu(), teacher.cpu(), images)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"vitslim compress {model} --ratio {ratio}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("params", f"{_fmt(summary['before']['params'])} -> {_fmt(summary['after']['params'])}")
+    table.add_row("MACs (modules)", f"{_fmt(summary['before']['macs'])} -> {_fmt(summary['after']['macs'])}")
+    for stage, rec in summary["stages"].items():
+        table.add_row(f"{stage}: last train loss / val MSE", f"{rec['train_loss']:.5f} / {rec['val_output_mse']:.6f}")
+    for k, v in (summary.get("eval") or {}).items():
+        table.add_row(f"eval {k}", "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+    table.add_row("time", f"{summary['seconds']} s")
+    table.add_row("output", out)
+    console.print(table)
+
+
+def _evaluate(family, student, teacher, images, annotations=None) -> dict:
+    from pathlib import Path
+
+    from PIL import Image
+
+    pil, anns = [], []
+    for item in images:
+        if isinstance(item, (str, Path)):
+            with Image.open(item) as im:
+                pil.append(im.convert("RGB"))
+            anns.append(Path(item).with_suffix(".json"))
+        else:
+            pil.append(item)
+            anns.append(None)
+    return family.evaluate(student, teacher, pil, anns)
+
+
+@app.command("eval")
+def eval_cmd(
+    student: str = typer.Argument(..., help="A saved (compressed) model file, or a model name."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher model (default: the student's base model)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder of images (default: samples)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Teacher weights file."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Teacher with random weights (testing)."),
+    limit: int = typer.Option(0, "--limit", help="Evaluate at most this many images (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Label-free evaluation: SAM masks vs the teacher's (and SA-1B ground truth if present);
+    timm top-1 agreement and output cosine similarity."""
+    from .api import open_model
+    from .data import find_images, sample_images
+    from .info import get_info
+    from .registry import family_of
+
+    images = sample_images() if data is None else find_images(data)
+    s = open_model(student, pretrained=not random_weights)
+    base = teacher or (get_info(s) or {}).get("name") or student
+    t = open_model(base, pretrained=not random_weights, checkpoint=checkpoint)
+    if limit > 0:
+        images = images[:limit]
+    family = family_of(s)
+    if family_of(t).name != family.name:
+        from .errors import UsageError
+
+        raise UsageError(f"teacher {base} is not of the student's family ({family.name})")
+    with console.status(f"evaluating on {len(images)} images"):
+        result = _evaluate(family, s, t, images)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{student} vs {base}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+    console.print(table)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app, turning known failures into one line and an exit code."""
     try:

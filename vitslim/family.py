@@ -57,6 +57,13 @@ class Family:
         """Turn one RGB PIL image into the encoder's input tensor (C, H, W)."""
         raise NotImplementedError
 
+    def evaluate(self, student: nn.Module, teacher: nn.Module, images: list, annotations: list | None = None) -> dict:
+        """Label-free agreement of ``student`` with ``teacher`` on RGB PIL ``images`` (a dict of metrics).
+
+        ``annotations`` holds, per image, the path of a ground-truth file beside it, or None.
+        """
+        raise NotImplementedError
+
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         """Update an attention module's attributes after its qkv/proj layers changed width."""
         attn.num_heads = num_heads

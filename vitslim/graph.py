@@ -23,7 +23,7 @@ _LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm)
 
 def meta_shadow(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters and buffers live on the meta device (no data copied)."""
-    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=True)  # traced via autograd
             for p in module.parameters()}
     memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
     return copy.deepcopy(module, memo).eval()
@@ -72,7 +72,7 @@ def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_
     for block in structure.blocks:
         declared.update(dict(block.attn.head_dim_params))
     unwrapped = [(params[n], axis) for n, axis in declared.items() if n in params and not _owner_is_layer(shadow, n)]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
         dg = tp.DependencyGraph().build_dependency(
             shadow, example_inputs=torch.empty(1, *input_shape, device="meta"),

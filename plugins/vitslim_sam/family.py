@@ -145,6 +145,11 @@ class SamFamily(Family):
         with torch.no_grad():
             return model.preprocess(x[None].to(model.pixel_mean.device))[0].cpu()
 
+    def evaluate(self, student, teacher, images, annotations=None) -> dict:
+        from .evaluate import evaluate_sam
+
+        return evaluate_sam(student, teacher, images, annotations)
+
     def describe(self, model: nn.Module) -> Structure:
         enc = self.encoder(model)
         grid = enc.img_size // enc.patch_embed.proj.stride[0]

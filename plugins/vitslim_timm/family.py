@@ -92,6 +92,21 @@ class TimmFamily(Family):
         cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
         return create_transform(**cfg)(image)
 
+    def evaluate(self, student, teacher, images, annotations=None) -> dict:
+        """Top-1 agreement with the teacher and cosine similarity of the outputs (logits, or features
+        for a headless model)."""
+        import torch
+
+        xs = torch.stack([self.preprocess(teacher, im.convert("RGB")) for im in images])
+        dev = next(student.parameters()).device
+        with torch.no_grad():
+            s, t = student.eval()(xs.to(dev)).float(), teacher.eval()(xs.to(dev)).float()
+        return {
+            "images": len(images),
+            "top1_agreement": float((s.argmax(-1) == t.argmax(-1)).float().mean()),
+            "output_cosine": float(torch.nn.functional.cosine_similarity(s, t, dim=-1).mean()),
+        }
+
     def describe(self, model: nn.Module) -> Structure:
         params = dict(model.named_parameters())
         emb: list[tuple[str, int]] = []
