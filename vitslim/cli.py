@@ -17,7 +17,7 @@ app = typer.Typer(
     help="Structured compression of Vision Transformers (SlimSAM's alternate slimming).",
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -201,7 +201,8 @@ def compress(
     except KeyboardInterrupt:
         raise VitslimError(f"interrupted: the last epoch checkpoint is kept in {workdir}; continue with --resume") from None
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+        text = str(exc).lower()
+        if "out of memory" in text or "not enough memory" in text or type(exc).__name__ == "OutOfMemoryError":
             raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum") from None
         raise
     after = inspect_model(out)

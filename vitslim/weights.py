@@ -87,6 +87,9 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, Any], source: str) -
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if len(missing) == len(own):
+        raise WeightsError(f"checkpoint {source} is not a checkpoint of this model (none of its "
+                           f"{len(state_dict)} keys, e.g. {next(iter(state_dict), '-')}, belongs to it)")
     if wrong:
         k = wrong[0]
         raise WeightsError(

@@ -1,0 +1,220 @@
+"""The CLI end to end on tiny models, and the bad-input battery: one line, exit code, no file."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vitslim
+from vitslim.cli import main
+
+TINY_SAM_FILE = "tiny-sam.pt"
+
+
+def run(argv, capsys):
+    """Run the CLI; return (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    """The single ``error:`` line (warnings may precede it); never a traceback."""
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def sam_file(tiny_sam, tmp_path):
+    return vitslim.save(tiny_sam, tmp_path / TINY_SAM_FILE)
+
+
+@pytest.fixture
+def image_dir(tmp_path, photos):
+    from PIL import Image
+
+    d = tmp_path / "images" / "sub"
+    d.mkdir(parents=True)
+    for i, p in enumerate(photos):
+        Image.fromarray((p.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(d / f"img{i}.jpg")
+    (d / "notes.txt").write_text("not an image")
+    return tmp_path / "images"
+
+
+def test_compress_sam_end_to_end(sam_file, image_dir, tmp_path, capsys):
+    out = tmp_path / "slim.pt"
+    code, stdout, err = run(["compress", sam_file, "--ratio", "0.5", "--data", image_dir, "--out", out,
+                             "--epochs", "1", "--batch-size", "2", "--importance-batches", "1",
+                             "--workdir", tmp_path / "work", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["after"]["params"] < summary["before"]["params"]
+    assert set(summary["stages"]) == {"embedding", "bottleneck"}
+    assert 0.0 <= summary["eval"]["miou_point_vs_teacher"] <= 1.0
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(vitslim.load(out))
+    from skimage import data
+
+    predictor.set_image(data.astronaut())
+    masks, scores, _ = predictor.predict(point_coords=np.array([[250, 150]]), point_labels=np.array([1]),
+                                         multimask_output=False)
+    assert masks.shape == (1, 512, 512) and masks.dtype == bool
+
+
+def test_eval_teacher_against_itself_is_perfect(sam_file, capsys):
+    code, stdout, err = run(["eval", sam_file, "--teacher", sam_file, "--limit", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["miou_point_vs_teacher"] == 1.0 and result["miou_box_vs_teacher"] == 1.0
+    assert result["prompts"] > 0
+
+
+def test_eval_against_sa1b_ground_truth(tiny_sam, sam_file, tmp_path, capsys, photos):
+    """SA-1B layout (jpg + json with RLE masks, bbox, point_coords): GT made from the teacher's own
+    masks, so the teacher scores 1.0 against it."""
+    from PIL import Image
+    from segment_anything import SamPredictor
+
+    from vitslim_sam.evaluate import rle_to_mask
+
+    folder = tmp_path / "sa1b"
+    folder.mkdir()
+    img = (photos[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(img).save(folder / "sa_1.png")  # lossless, so the teacher sees the same pixels
+    pred = SamPredictor(tiny_sam)
+    pred.set_image(img)
+    anns = []
+    for x, y in [(200, 150), (300, 400)]:
+        m, _, _ = pred.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]), multimask_output=False)
+        # box prompt for the same annotation: that mask's box, from which the teacher predicts again
+        ys, xs = np.nonzero(m[0])
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+        anns.append({"segmentation": _rle_encode(m[0]), "bbox": bbox, "point_coords": [[x, y]]})
+        assert np.array_equal(rle_to_mask(anns[-1]["segmentation"]), m[0])
+    (folder / "sa_1.json").write_text(json.dumps({"annotations": anns}))
+    code, stdout, err = run(["eval", sam_file, "--teacher", sam_file, "--data", folder, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["miou_point_vs_gt"] == 1.0
+
+
+def _rle_encode(mask: np.ndarray) -> dict:
+    """COCO compressed RLE (column-major runs, string-coded), as SA-1B stores masks."""
+    flat = mask.T.flatten()
+    counts, val, n = [], False, 0
+    for v in flat:
+        if v != val:
+            counts.append(n)
+            val, n = v, 0
+        n += 1
+    counts.append(n)
+    chars = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            chars.append(chr(c + 48))
+    return {"size": list(mask.shape), "counts": "".join(chars)}
+
+
+def test_compress_timm_writes_loadable_file(tiny_timm, tmp_path, capsys):
+    src = vitslim.save(tiny_timm, tmp_path / "t.pt")
+    out = tmp_path / "t-slim.pt"
+    code, _, err = run(["compress", src, "--ratio", "0.5", "--out", out, "--epochs", "1", "--batch-size", "2",
+                        "--schedule", "one-shot", "--criterion", "magnitude", "--workdir", tmp_path / "w"], capsys)
+    assert code == 0, err
+    assert "real compression wants thousands of images" in err
+    model = vitslim.load(out)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("argv,code,needle", [
+    (["inspect", "not-a-model"], 2, "unknown model 'not-a-model'"),
+    (["inspect", "timm:no_such_vit"], 2, "unknown timm model"),
+    (["inspect", "timm:resnet18"], 2, "not a supported Vision Transformer"),
+    (["compress", "{sam}", "--ratio", "1.0"], 2, "ratio must be"),
+    (["compress", "{sam}", "--ratio", "-0.2"], 2, "ratio must be"),
+    (["compress", "{sam}", "--ratio", "half"], 2, "--ratio"),
+    (["compress", "{sam}", "--ratio", "0.5", "--data", "{tmp}/missing"], 2, "data folder not found"),
+    (["compress", "{sam}", "--ratio", "0.5", "--data", "{empty}"], 2, "no jpg/png images"),
+    (["compress", "{sam}", "--ratio", "0.5", "--data", "{bad}"], 2, "could be read"),
+    (["compress", "sam-b", "--ratio", "0.5", "--checkpoint", "{tmp}/nope.pth"], 1, "checkpoint file not found"),
+    (["compress", "sam-b", "--ratio", "0.5", "--checkpoint", "{corrupt}"], 1, "cannot read checkpoint"),
+    (["compress", "sam-b", "--ratio", "0.5", "--checkpoint", "{timmckpt}"], 1, "not a checkpoint of this model"),
+    (["compress", "sam-b", "--ratio", "0.5", "--checkpoint", "{tinyckpt}"], 1, "another model size"),
+    (["compress", "{sam}", "--ratio", "0.5", "--out", "{tmp}/no/dir/x.pt"], 2, "does not exist"),
+    (["compress", "{sam}", "--ratio", "0.5", "--out", "{ro}/x.pt"], 2, "not writable"),
+    (["compress", "{sam}", "--ratio", "0.5", "--criterion", "psychic"], 2, "unknown criterion"),
+    (["compress", "{sam}", "--ratio", "0.5", "--schedule", "sometimes"], 2, "unknown schedule"),
+    (["compress", "{sam}", "--ratio", "0.5", "--resume", "--workdir", "{tmp}/w"], 2, "nothing to resume"),
+    (["eval", "{tmp}/missing.pt"], 1, "model file not found"),
+    (["eval", "{corrupt}"], 1, "not a vitslim model file"),
+    (["inspect", "{tmp}/missing.pt"], 1, "model file not found"),
+    (["inspect", "{truncated}"], 1, "truncated, corrupt"),
+])
+def test_bad_input_one_line(argv, code, needle, sam_file, tmp_path, capsys):
+    import os
+
+    from PIL import Image  # noqa: F401
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "corrupt.pth").write_bytes(b"garbage" * 10)
+    torch.save({"layer1.0.conv1.weight": torch.zeros(3, 3)}, tmp_path / "timm.pth")
+    tiny = vitslim.create("sam-b", pretrained=False, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1])
+    torch.save(tiny.state_dict(), tmp_path / "tiny.pth")
+    data = Path(sam_file).read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 3])
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    subs = {"{sam}": str(sam_file), "{tmp}": str(tmp_path), "{empty}": str(tmp_path / "empty"),
+            "{bad}": str(tmp_path / "bad"), "{corrupt}": str(tmp_path / "corrupt.pth"),
+            "{timmckpt}": str(tmp_path / "timm.pth"), "{tinyckpt}": str(tmp_path / "tiny.pth"),
+            "{truncated}": str(tmp_path / "trunc.pt"), "{ro}": str(ro)}
+    args = []
+    for a in argv:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        args.append(a)
+    if os.geteuid() == 0 and "{ro}" in " ".join(argv):
+        pytest.skip("root can write anywhere")
+    before = set(Path.cwd().iterdir())
+    got, _, err = run(args, capsys)
+    assert got == code, err
+    assert needle in one_error_line(err)
+    assert set(Path.cwd().iterdir()) == before  # no partial output file
+
+
+@pytest.mark.parametrize("exc,needle", [
+    (KeyboardInterrupt(), "interrupted: the last epoch checkpoint is kept"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory: try a smaller --batch-size"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: not enough memory"), "out of memory"),
+])
+def test_interrupt_and_out_of_memory(exc, needle, sam_file, tmp_path, capsys, monkeypatch):
+    import vitslim.compression
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(vitslim.compression, "compress", fail)
+    out = tmp_path / "x.pt"
+    code, _, err = run(["compress", sam_file, "--ratio", "0.5", "--out", out, "--workdir", tmp_path / "w"], capsys)
+    assert code == 1
+    assert needle in one_error_line(err)
+    assert not out.exists()
