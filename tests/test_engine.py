@@ -138,3 +138,15 @@ def test_resume_equals_uninterrupted(tiny_timm, photos, tmp_path, monkeypatch):
 def test_resume_without_checkpoint(tiny_timm, tmp_path):
     with pytest.raises(UsageError, match="nothing to resume"):
         vitslim.compress(tiny_timm, 0.5, data=torch.zeros(4, 3, 64, 64), workdir=tmp_path, resume=True)
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tiny_timm, photos, tmp_path):
+    x = resize_batch(photos, 64).repeat(2, 1, 1, 1)
+    kw = dict(ratio=0.5, data=x, epochs=1, batch_size=4, lr=1e-3, importance_batches=2, progress=False)
+    a = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "a", micro_batch=1, **kw)
+    b = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "b", micro_batch=4, **kw)
+    moved = False
+    for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert (wa - wb).abs().max() <= 1e-5, k
+        moved |= not torch.equal(wa, wb)
+    assert moved  # different summation order, same gradient: close but not bit-identical

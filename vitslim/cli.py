@@ -148,6 +148,7 @@ def compress(
     epochs: int = typer.Option(1, "--epochs", help="Epochs per stage (alternate)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
+    micro_batch: int = typer.Option(0, "--micro-batch", help="Images per forward/backward (0: 1 on CPU, batch on GPU)."),
     lr: float = typer.Option(1e-4, "--lr"),
     noise_sigma: float = typer.Option(0.01, "--noise-sigma", help="Disturbed Taylor noise std."),
     importance_batches: Optional[int] = typer.Option(None, "--importance-batches", help="Batches for importance (default: all)."),
@@ -196,7 +197,7 @@ def compress(
             teacher, ratio, data=data, schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
             lr=lr, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
             sigma=noise_sigma, importance_batches=importance_batches, seed=seed, device=device,
-            precision=precision, workdir=workdir, resume=resume, out=out,
+            precision=precision, workdir=workdir, resume=resume, out=out, micro_batch=micro_batch,
         )
     except KeyboardInterrupt:
         raise VitslimError(f"interrupted: the last epoch checkpoint is kept in {workdir}; continue with --resume") from None

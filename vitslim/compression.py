@@ -92,6 +92,7 @@ def compress(
     resume: bool = False,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    micro_batch: int = 0,
     stop_after: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Compress ``model`` by ``ratio`` with a schedule of prune + distil stages (SlimSAM by default).
@@ -102,7 +103,8 @@ def compress(
     and ``iterative:K`` spend the same epochs. ``data``: a folder of images (None: the scikit-image
     samples), a (N,C,H,W) tensor of preprocessed images, or a Dataset of them. Each epoch ends with an
     atomic checkpoint in ``workdir``; ``resume=True`` continues from it. ``out`` writes the final model.
-    ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint (for tests of resume).
+    ``micro_batch`` images go through forward/backward at a time (0: 1 on CPU, the whole batch on GPU);
+    the gradient is the whole batch's either way. ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint (for tests of resume).
     """
     check_options(ratio, "both", ranking, attention, round_to)
     stages = build_schedule(schedule, ratio, epochs, alpha)
@@ -113,7 +115,7 @@ def compress(
         raise UsageError(f"batch size {batch_size} must be a multiple of the {size} processes")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = TrainConfig(batch_size=batch_size, accum=accum, lr=lr, patience=patience, seed=seed,
-                      device=device, precision=precision)
+                      device=device, precision=precision, micro_batch=micro_batch)
     family = family_of(model)
     workdir = Path(workdir or "vitslim-work")
     ckpt_path = workdir / CHECKPOINT
@@ -157,8 +159,8 @@ def compress(
         resuming = state is not None and si == start_stage and student is not None
         first_epoch = start_epoch if resuming else 0
         if not resuming:
-            # every rank scores the same batches as a single process would, so all prune alike
-            calib = DataLoader(train_set, batch_size=batch_size, shuffle=False)
+            # one image per batch, as SlimSAM's reference does; every rank scores the same images alike
+            calib = DataLoader(train_set, batch_size=1, shuffle=False)
             with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
                 student = prune(current, stage.ratio, part=stage.part, importance=importance,
                                 ranking=ranking, data=calib, attention=attention, round_to=round_to,

@@ -28,6 +28,12 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere | fp32 | bf16
     num_workers: int = 0
+    micro_batch: int = 0  # images per forward/backward within a batch; 0: auto (1 on CPU, whole batch on GPU)
+
+    def micro(self, n: int) -> int:
+        if self.micro_batch > 0:
+            return self.micro_batch
+        return n if torch.device(self.device).type == "cuda" else 1
 
     def autocast(self):
         dtype = self.amp_dtype()
@@ -118,19 +124,29 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
         x = x.to(cfg.device, non_blocking=True)
         last_of_step = (i + 1) % cfg.accum == 0 or i + 1 == n_batches
         sync = trainable.no_sync() if (hasattr(trainable, "no_sync") and not last_of_step) else nullcontext()
+        # micro-batches weighted by their share of the batch: the same gradient as the whole batch at once
+        chunks = x.split(cfg.micro(len(x)))
+        value, parts = 0.0, {}
         with ExitStack() as stack:
             stack.enter_context(sync)
-            with cfg.autocast():
-                value, parts = loss(student, x, epoch, runner=trainable)
-            (value / cfg.accum).backward()
+            for j, chunk in enumerate(chunks):
+                share = len(chunk) / len(x)
+                inner = trainable.no_sync() if (hasattr(trainable, "no_sync") and j + 1 < len(chunks)) else nullcontext()
+                with inner:
+                    with cfg.autocast():
+                        v, p = loss(student, chunk, epoch, runner=trainable)
+                    (v * share / cfg.accum).backward()
+                value = value + share * v.detach()
+                for k, pv in p.items():
+                    parts[k] = parts.get(k, 0.0) + share * pv
         if last_of_step:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for k, v in {"loss": float(value.detach()), **parts}.items():
+        for k, v in {"loss": float(value), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1
         if progress is not None:
-            progress(i + 1, n_batches, float(value.detach()))
+            progress(i + 1, n_batches, float(value))
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
@@ -141,11 +157,12 @@ def validate(student: nn.Module, loss: StageLoss, data: Dataset, epoch: int, cfg
     loader = DataLoader(data, batch_size=max(1, cfg.batch_size), shuffle=False, num_workers=cfg.num_workers)
     total, n = 0.0, 0
     enc = loss.family.encoder
-    for x in loader:
-        x = x.to(cfg.device)
-        with cfg.autocast():
-            s = enc(student)(x)
-            r = enc(loss.refs["original"])(x)
-        total += float(torch.nn.functional.mse_loss(s.float(), r.float(), reduction="sum"))
-        n += s.numel()
+    for batch in loader:
+        for x in batch.split(cfg.micro(len(batch))):
+            x = x.to(cfg.device)
+            with cfg.autocast():
+                s = enc(student)(x)
+                r = enc(loss.refs["original"])(x)
+            total += float(torch.nn.functional.mse_loss(s.float(), r.float(), reduction="sum"))
+            n += s.numel()
     return total / max(n, 1)
