@@ -8,12 +8,12 @@ from .hookspecs import hookimpl  # noqa: E402
 from .family import Family  # noqa: E402
 from .errors import ModelFileError, UsageError, VitslimError, WeightsError  # noqa: E402
 from .structure import AttentionSpec, BlockSpec, MlpSpec, Structure  # noqa: E402
-from .api import create, describe, inspect, load, save  # noqa: E402
+from .api import create, describe, inspect, load, optimize, save  # noqa: E402
 from .pruning import plan, prune  # noqa: E402
 from .compression import compress  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Family", "Structure", "AttentionSpec", "BlockSpec", "MlpSpec",
     "VitslimError", "UsageError", "ModelFileError", "WeightsError",
-    "create", "describe", "inspect", "load", "save", "plan", "prune", "compress",
+    "create", "describe", "inspect", "load", "optimize", "save", "plan", "prune", "compress",
 ]

@@ -296,6 +296,39 @@ def eval_cmd(
     console.print(table)
 
 
+@app.command()
+def bench(
+    models: list[str] = typer.Argument(..., help="Specs: sam-b, sam-b@0.77, sam-b@0.77:heads, timm:NAME@0.5, or files."),
+    batch: int = typer.Option(1, "--batch"),
+    runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs (default: 50 on GPU, 3 on CPU)."),
+    warmup: int = typer.Option(1, "--warmup"),
+    fast: bool = typer.Option(False, "--fast", help="Also time the fused-attention path (vitslim.optimize)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="SAM input size override (names only)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Encoder latency, side by side in one run; speed-ups against the first row."""
+    from .bench import benchmark
+
+    with console.status("timing") as status:
+        result = benchmark(models, batch=batch, runs=runs, warmup=warmup, fast=fast, dtype=dtype,
+                           device=device, compile=compile, img_size=img_size,
+                           progress=lambda text: status.update(f"timing {text}"))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['device']} ({result['threads']} threads), torch {result['torch']}, "
+                        f"{result['dtype']}, batch {result['batch']}, input {result['input']}")
+    for col in ("model", "path", "params", "MACs", "MACs+attn", "median ms", "p90 ms", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]),
+                      f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x")
+    console.print(table)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app, turning known failures into one line and an exit code."""
     try:

@@ -64,6 +64,10 @@ class Family:
         """
         raise NotImplementedError
 
+    def optimize(self, model: nn.Module) -> nn.Module:
+        """Swap in faster, numerically equivalent layers (in place); the default changes nothing."""
+        return model
+
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         """Update an attention module's attributes after its qkv/proj layers changed width."""
         attn.num_heads = num_heads

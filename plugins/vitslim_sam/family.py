@@ -145,6 +145,13 @@ class SamFamily(Family):
         with torch.no_grad():
             return model.preprocess(x[None].to(model.pixel_mean.device))[0].cpu()
 
+    def optimize(self, model: nn.Module) -> nn.Module:
+        """Fused attention (rel-pos terms as an SDPA mask); state dict and outputs unchanged."""
+        from .fast import fuse_attention
+
+        fuse_attention(self.encoder(model))
+        return model
+
     def evaluate(self, student, teacher, images, annotations=None) -> dict:
         from .evaluate import evaluate_sam
 

@@ -92,6 +92,13 @@ class TimmFamily(Family):
         cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
         return create_transform(**cfg)(image)
 
+    def optimize(self, model: nn.Module) -> nn.Module:
+        """timm's attention is already one fused SDPA call (scale folded into q by pruning): make sure
+        the fused path is on."""
+        for blk in model.blocks:
+            blk.attn.fused_attn = True
+        return model
+
     def evaluate(self, student, teacher, images, annotations=None) -> dict:
         """Top-1 agreement with the teacher and cosine similarity of the outputs (logits, or features
         for a headless model)."""

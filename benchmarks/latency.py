@@ -1,0 +1,40 @@
+"""Encoder latency, dense vs compressed, plain vs fused attention, side by side in one run.
+
+    python benchmarks/latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --json latency.json
+    python benchmarks/latency.py timm:vit_base_patch16_224 timm:vit_base_patch16_224@0.5 --fast
+
+Same as ``vitslim bench``; see ``vitslim.bench`` for the model specs. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vitslim.bench import benchmark
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--device")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--img-size", type=int)
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    result = benchmark(args.models, batch=args.batch, runs=args.runs, warmup=args.warmup, fast=args.fast,
+                       dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size,
+                       progress=lambda text: print(f"timing {text}", flush=True))
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
