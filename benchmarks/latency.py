@@ -25,10 +25,11 @@ def main() -> None:
     ap.add_argument("--device")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--img-size", type=int)
+    ap.add_argument("--onnxruntime", action="store_true", help="also time the ONNX export in onnxruntime (CPU)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     result = benchmark(args.models, batch=args.batch, runs=args.runs, warmup=args.warmup, fast=args.fast,
-                       dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size,
+                       dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size, onnxruntime=args.onnxruntime,
                        progress=lambda text: print(f"timing {text}", flush=True))
     print(json.dumps(result, indent=2))
     if args.json_out:

@@ -43,11 +43,11 @@ def test_bench_runs_end_to_end_with_valid_json(capsys):
     from vitslim.cli import main
 
     main(["bench", "timm:vit_tiny_patch16_224", "timm:vit_tiny_patch16_224@0.5",
-          "timm:vit_tiny_patch16_224@0.5:heads", "--fast", "--runs", "2", "--json"])
+          "timm:vit_tiny_patch16_224@0.5:heads", "--fast", "--onnxruntime", "--runs", "2", "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in result["rows"]] == ["plain", "fast"] * 3
+    assert [r["path"] for r in result["rows"]] == ["plain", "fast", "onnxruntime"] * 3
     assert result["rows"][0]["speedup"] == 1.0
-    assert result["rows"][2]["params"] < result["rows"][0]["params"]
+    assert result["rows"][3]["params"] < result["rows"][0]["params"]
     assert all(r["median_ms"] > 0 for r in result["rows"]) and result["device_type"] == "cpu"
 
 

@@ -11,9 +11,10 @@ from .structure import AttentionSpec, BlockSpec, MlpSpec, Structure  # noqa: E40
 from .api import create, describe, inspect, load, optimize, save  # noqa: E402
 from .pruning import plan, prune  # noqa: E402
 from .compression import compress  # noqa: E402
+from .export import export_onnx  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Family", "Structure", "AttentionSpec", "BlockSpec", "MlpSpec",
     "VitslimError", "UsageError", "ModelFileError", "WeightsError",
-    "create", "describe", "inspect", "load", "optimize", "save", "plan", "prune", "compress",
+    "create", "describe", "inspect", "load", "optimize", "save", "plan", "prune", "compress", "export_onnx",
 ]

@@ -71,10 +71,36 @@ def time_encoder(encoder: nn.Module, x: torch.Tensor, runs: int, warmup: int) ->
     return times
 
 
+def time_onnxruntime(model: nn.Module, batch: int, runs: int, warmup: int) -> list[float]:
+    """Milliseconds per run of the exported encoder in onnxruntime (CPU, torch's thread count)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from .export import export_onnx
+    from .registry import family_of
+
+    family = family_of(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(copy.deepcopy(model).cpu().float(), os.path.join(tmp, "m.onnx"), batch=batch)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, *family.input_shape(model)).numpy()
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        session.run(None, {"image": x})
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup: int = 1, fast: bool = False,
               dtype: str = "fp32", device: str | None = None, compile: bool = False,
-              img_size: int | None = None, progress=None) -> dict[str, Any]:
-    """Time each spec's encoder (plain, and with ``fast`` also after :func:`vitslim.optimize`)."""
+              img_size: int | None = None, onnxruntime: bool = False, progress=None) -> dict[str, Any]:
+    """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize`, and with
+    ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU."""
     from .api import inspect, optimize
     from .registry import family_of
 
@@ -104,6 +130,12 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
                 "runs": len(times),
             })
             del encoder
+        if onnxruntime:
+            if progress:
+                progress(f"{spec} (onnxruntime)")
+            times = time_onnxruntime(model, batch, runs, warmup)
+            rows.append({**rows[-1], "path": "onnxruntime", "median_ms": statistics.median(times),
+                         "p90_ms": _quantile(times, 0.9), "runs": len(times)})
     base = rows[0]["median_ms"] if rows else 1.0
     for r in rows:
         r["speedup"] = base / r["median_ms"]

@@ -307,6 +307,7 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="SAM input size override (names only)."),
+    onnxruntime: bool = typer.Option(False, "--onnxruntime", help="Also time the ONNX export in onnxruntime (CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Encoder latency, side by side in one run; speed-ups against the first row."""
@@ -314,7 +315,7 @@ def bench(
 
     with console.status("timing") as status:
         result = benchmark(models, batch=batch, runs=runs, warmup=warmup, fast=fast, dtype=dtype,
-                           device=device, compile=compile, img_size=img_size,
+                           device=device, compile=compile, img_size=img_size, onnxruntime=onnxruntime,
                            progress=lambda text: status.update(f"timing {text}"))
     if as_json:
         print(json.dumps(result, indent=2))
@@ -327,6 +328,25 @@ def bench(
         table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]),
                       f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x")
     console.print(table)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A saved model file or a model name."),
+    onnx: str = typer.Option(..., "--onnx", help="Output .onnx file."),
+    opset: int = typer.Option(17, "--opset"),
+    random_weights: bool = typer.Option(False, "--random-weights", help="For names: skip weights."),
+) -> None:
+    """Export a model's encoder (SAM: image encoder; timm: the model) to ONNX."""
+    from .api import open_model
+    from .export import export_onnx
+    from .modelfile import check_writable
+
+    check_writable(onnx)
+    m = open_model(model, pretrained=not random_weights)
+    with console.status(f"exporting {model} to {onnx}"):
+        path = export_onnx(m, onnx, opset=opset)
+    console.print(f"wrote {path}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
