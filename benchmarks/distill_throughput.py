@@ -10,13 +10,13 @@ CUDA with ``--precision auto``). The student is the model pruned by 0.5 (magnitu
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 
 import vitslim
+from _report import emit
 from vitslim.engine.schedules import build_schedule
 from vitslim.engine.trainer import StageLoss, TrainConfig, train_epoch
 from vitslim.registry import family_of
@@ -78,10 +78,7 @@ def main() -> None:
               "torch": torch.__version__, "images": args.images, "batch_size": args.batch_size,
               "precision": str(cfg.amp_dtype() or "fp32"), "naive_images_per_s": naive,
               "vitslim_images_per_s": engine, "speedup": engine / naive}
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Same as ``vitslim bench``; see ``vitslim.bench`` for the model specs. Prints JSO
 from __future__ import annotations
 
 import argparse
-import json
+
+from _report import emit
 
 from vitslim.bench import benchmark
 
@@ -31,10 +32,7 @@ def main() -> None:
     result = benchmark(args.models, batch=args.batch, runs=args.runs, warmup=args.warmup, fast=args.fast,
                        dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size, onnxruntime=args.onnxruntime,
                        progress=lambda text: print(f"timing {text}", flush=True))
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

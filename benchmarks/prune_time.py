@@ -11,13 +11,13 @@ Taylor forward + backward at the family's input size (1024x1024 for SAM), report
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
 
 import vitslim
+from _report import emit
 from vitslim.graph import graph_embedding_params
 from vitslim.groups import build_groups
 from vitslim.ranking import select
@@ -58,10 +58,7 @@ def main() -> None:
         vitslim.plan(model, args.ratio, part="both", data=x)
         result["importance_s_per_image"] = (time.perf_counter() - t0) / args.images
         result["importance_images"] = args.images
-    print(json.dumps(result, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

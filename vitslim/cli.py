@@ -27,6 +27,10 @@ def _fmt(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def _value(v) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List installed plugins and the model families and criteria each provides."""
@@ -232,7 +236,7 @@ def compress(
     for stage, rec in summary["stages"].items():
         table.add_row(f"{stage}: last train loss / val MSE", f"{rec['train_loss']:.5f} / {rec['val_output_mse']:.6f}")
     for k, v in (summary.get("eval") or {}).items():
-        table.add_row(f"eval {k}", "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+        table.add_row(f"eval {k}", _value(v))
     table.add_row("time", f"{summary['seconds']} s")
     table.add_row("output", out)
     console.print(table)
@@ -292,7 +296,7 @@ def eval_cmd(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.items():
-        table.add_row(k, "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+        table.add_row(k, _value(v))
     console.print(table)
 
 
