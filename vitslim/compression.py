@@ -67,6 +67,20 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["py_pos"]))
 
 
+def _init_distributed(device: str | None) -> str:
+    """Join the process group ``torchrun`` describes (env WORLD_SIZE > 1), once; return the device."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if device is None:
+        if torch.cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist.is_initialized() else "cuda"
+        else:
+            device = "cpu"
+    return device
+
+
 def compress(
     model: nn.Module,
     ratio: float,
@@ -110,10 +124,10 @@ def compress(
     stages = build_schedule(schedule, ratio, epochs, alpha)
     if out is not None:
         check_writable(out)
+    device = _init_distributed(device)
     rank, size = world()
     if batch_size < size or batch_size % size:
         raise UsageError(f"batch size {batch_size} must be a multiple of the {size} processes")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = TrainConfig(batch_size=batch_size, accum=accum, lr=lr, patience=patience, seed=seed,
                       device=device, precision=precision, micro_batch=micro_batch)
     family = family_of(model)
