@@ -1,4 +1,4 @@
-"""Two gloo processes with the same global batch give the weights of one process (within 1e-5)."""
+"""Two gloo processes started by torchrun, same global batch: the weights of one process (within 1e-5)."""
 
 import os
 import socket
@@ -23,7 +23,9 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "VITSLIM_TEST_WORKDIR": str(tmp_path / "ddp"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    subprocess.run([sys.executable, "-m", "tests.ddp_worker", "2", str(_free_port()), str(out)],
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                    "tests/ddp_worker.py", str(out)],
                    check=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
     ddp = torch.load(out, weights_only=True)
     assert ddp.keys() == single.keys()
