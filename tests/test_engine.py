@@ -38,6 +38,7 @@ def test_alternate_losses_fall_and_widths(which, size, request, photos, tmp_path
                            importance_batches=2, progress=False, out=tmp_path / "final.pt")
     for stage, losses in _train_losses(out).items():
         assert losses[-1] < losses[0], (stage, losses)
+    assert all(p.requires_grad for p in model.parameters())  # the teacher is handed back unfrozen
     w = vitslim.describe(out).widths()
     assert w["embed_dim"] == w0["embed_dim"] // 2
     assert sum(b["mlp_hidden"] for b in w["blocks"]) < 0.6 * sum(b["mlp_hidden"] for b in w0["blocks"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 import random
 import time
 from pathlib import Path
@@ -56,6 +57,19 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """``requires_grad=False`` on every parameter of ``model`` while inside; the flags are restored."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def _rng_state() -> dict:
@@ -118,7 +132,8 @@ def compress(
     samples), a (N,C,H,W) tensor of preprocessed images, or a Dataset of them. Each epoch ends with an
     atomic checkpoint in ``workdir``; ``resume=True`` continues from it. ``out`` writes the final model.
     ``micro_batch`` images go through forward/backward at a time (0: 1 on CPU, the whole batch on GPU);
-    the gradient is the whole batch's either way. ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint (for tests of resume).
+    the gradient is the whole batch's either way. ``model`` is the teacher: it is moved to ``device``
+    and otherwise left unchanged. ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint.
     """
     check_options(ratio, "both", ranking, attention, round_to)
     stages = build_schedule(schedule, ratio, epochs, alpha)
@@ -145,87 +160,86 @@ def compress(
         workdir.mkdir(parents=True, exist_ok=True)
 
     original = model.to(device).eval()
-    for p in original.parameters():
-        p.requires_grad_(False)
-    dataset = dataset_for(model, data)
-    train_idx, val_idx = split(len(dataset), val_fraction, seed)
-    train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx)
+    with frozen(original):
+        dataset = dataset_for(model, data)
+        train_idx, val_idx = split(len(dataset), val_fraction, seed)
+        train_set, val_set = Subset(dataset, train_idx), Subset(dataset, val_idx)
 
-    from .progress import StageProgress
+        from .progress import StageProgress
 
-    ui = StageProgress(enabled=progress and rank == 0)
-    started = time.perf_counter()
-    history: list[dict] = []
-    current, start_stage, start_epoch = original, 0, 0
-    student = None
-    if state is not None:
-        history = state["history"]
-        start_stage, start_epoch = state["stage"], state["epoch"] + 1
-        current = from_payload(state["previous"]).to(device).eval() if state["previous"] else original
-        student = from_payload(state["student"]).to(device)
-        if start_epoch >= stages[start_stage].epochs:  # that stage had finished
-            current, student = student.eval(), None
-            start_stage, start_epoch = start_stage + 1, 0
-        _set_rng_state(state["rng"])
-
-    for si in range(start_stage, len(stages)):
-        stage = stages[si]
-        resuming = state is not None and si == start_stage and student is not None
-        first_epoch = start_epoch if resuming else 0
-        if not resuming:
-            # one image per batch, as SlimSAM's reference does; every rank scores the same images alike
-            calib = DataLoader(train_set, batch_size=1, shuffle=False)
-            with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
-                student = prune(current, stage.ratio, part=stage.part, importance=importance,
-                                ranking=ranking, data=calib, attention=attention, round_to=round_to,
-                                sigma=sigma, batches=importance_batches, seed=seed + si)
-            student = student.to(device)
-        for p in student.parameters():
-            p.requires_grad_(True)
-        previous = current
-        for p in previous.parameters():
-            p.requires_grad_(False)
-        encoder = family.encoder(student)
-        trainable = encoder
-        if size > 1:
-            trainable = torch.nn.parallel.DistributedDataParallel(encoder)
-        optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor,
-                                                               patience=cfg.patience)
-        if resuming:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        loss = StageLoss(family, family.describe(student), stage.terms, {"original": original, "previous": previous})
-        for epoch in range(first_epoch, stage.epochs):
-            with ui.epoch(si, len(stages), stage.name, epoch, stage.epochs) as tick:
-                terms = train_epoch(student, trainable, loss, train_set, epoch, optimizer, cfg, tick)
-                val = validate(student, loss, val_set, epoch, cfg)
-            scheduler.step(val)
-            record = {"stage": stage.name, "epoch": epoch, "train": terms, "val_output_mse": val,
-                      "lr": optimizer.param_groups[0]["lr"]}
-            history.append(record)
-            ui.log(record)
-            if rank == 0:
-                payload = {
-                    "ratio": ratio, "schedule": schedule, "stage": si, "epoch": epoch,
-                    "student": to_payload(student), "previous": None if previous is original else to_payload(previous),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "history": history,
-                }
-                atomic_write(ckpt_path, lambda tmp: torch.save(payload, tmp))
-            if stop_after == (si, epoch):
-                raise KeyboardInterrupt
-        current = student.eval()
+        ui = StageProgress(enabled=progress and rank == 0)
+        started = time.perf_counter()
+        history: list[dict] = []
+        current, start_stage, start_epoch = original, 0, 0
         student = None
-        state = None
+        if state is not None:
+            history = state["history"]
+            start_stage, start_epoch = state["stage"], state["epoch"] + 1
+            current = from_payload(state["previous"]).to(device).eval() if state["previous"] else original
+            student = from_payload(state["student"]).to(device)
+            if start_epoch >= stages[start_stage].epochs:  # that stage had finished
+                current, student = student.eval(), None
+                start_stage, start_epoch = start_stage + 1, 0
+            _set_rng_state(state["rng"])
 
-    final = current
-    add_history(final, {"step": "distill", "schedule": schedule, "ratio": ratio, "epochs": epochs,
-                        "batch_size": batch_size, "accum": accum, "lr": lr, "seed": seed,
-                        "images": {"train": len(train_idx), "val": len(val_idx)}, "log": history,
-                        "seconds": round(time.perf_counter() - started, 2)})
-    if out is not None and rank == 0:
-        from .modelfile import save
+        for si in range(start_stage, len(stages)):
+            stage = stages[si]
+            resuming = state is not None and si == start_stage and student is not None
+            first_epoch = start_epoch if resuming else 0
+            if not resuming:
+                # one image per batch, as SlimSAM's reference does; every rank scores the same images alike
+                calib = DataLoader(train_set, batch_size=1, shuffle=False)
+                with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
+                    student = prune(current, stage.ratio, part=stage.part, importance=importance,
+                                    ranking=ranking, data=calib, attention=attention, round_to=round_to,
+                                    sigma=sigma, batches=importance_batches, seed=seed + si)
+                student = student.to(device)
+            for p in student.parameters():
+                p.requires_grad_(True)
+            previous = current
+            for p in previous.parameters():
+                p.requires_grad_(False)
+            encoder = family.encoder(student)
+            trainable = encoder
+            if size > 1:
+                trainable = torch.nn.parallel.DistributedDataParallel(encoder)
+            optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor,
+                                                                   patience=cfg.patience)
+            if resuming:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            loss = StageLoss(family, family.describe(student), stage.terms, {"original": original, "previous": previous})
+            for epoch in range(first_epoch, stage.epochs):
+                with ui.epoch(si, len(stages), stage.name, epoch, stage.epochs) as tick:
+                    terms = train_epoch(student, trainable, loss, train_set, epoch, optimizer, cfg, tick)
+                    val = validate(student, loss, val_set, epoch, cfg)
+                scheduler.step(val)
+                record = {"stage": stage.name, "epoch": epoch, "train": terms, "val_output_mse": val,
+                          "lr": optimizer.param_groups[0]["lr"]}
+                history.append(record)
+                ui.log(record)
+                if rank == 0:
+                    payload = {
+                        "ratio": ratio, "schedule": schedule, "stage": si, "epoch": epoch,
+                        "student": to_payload(student), "previous": None if previous is original else to_payload(previous),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": _rng_state(), "history": history,
+                    }
+                    atomic_write(ckpt_path, lambda tmp: torch.save(payload, tmp))
+                if stop_after == (si, epoch):
+                    raise KeyboardInterrupt
+            current = student.eval()
+            student = None
+            state = None
 
-        save(final.cpu(), out)
-    return final
+        final = current
+        add_history(final, {"step": "distill", "schedule": schedule, "ratio": ratio, "epochs": epochs,
+                            "batch_size": batch_size, "accum": accum, "lr": lr, "seed": seed,
+                            "images": {"train": len(train_idx), "val": len(val_idx)}, "log": history,
+                            "seconds": round(time.perf_counter() - started, 2)})
+        if out is not None and rank == 0:
+            from .modelfile import save
+
+            save(final.cpu(), out)
+        return final
