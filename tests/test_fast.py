@@ -57,3 +57,12 @@ def test_quantile_nearest_rank():
     assert _quantile([3.0, 1.0], 0.9) == 3.0
     assert _quantile(list(range(1, 51)), 0.9) == 45
     assert _quantile([7.0], 0.9) == 7.0
+
+
+def test_bench_spec_round_to():
+    from vitslim.bench import build
+
+    w = vitslim.describe(build("timm:vit_tiny_patch16_224@0.6/16")).widths()
+    assert w["embed_dim"] % 16 == 0 and all(b["mlp_hidden"] % 16 == 0 and b["head_dim"] % 16 == 0 for b in w["blocks"])
+    with pytest.raises(vitslim.UsageError, match="bad model spec"):
+        build("timm:vit_tiny_patch16_224@abc")

@@ -1,7 +1,8 @@
 """Latency of encoders, side by side in one run: ``vitslim bench`` and ``benchmarks/latency.py``.
 
 A model spec is a name (``sam-b``), a name pruned on the fly (``sam-b@0.77``: both parts, uniform,
-magnitude; ``sam-b@0.77:heads`` removes whole heads), or a saved file. Weights are random for names
+magnitude; ``sam-b@0.77:heads`` removes whole heads; ``sam-b@0.77/8`` rounds kept widths to multiples
+of 8), or a saved file. Weights are random for names
 (timing does not depend on them). Speed-ups are against the first row of the run.
 """
 
@@ -33,13 +34,14 @@ def build(spec: str, config: dict | None = None) -> nn.Module:
     name, _, pruning = spec.partition("@")
     model = create(name, pretrained=False, **(config or {}))
     if pruning:
+        pruning, _, round_text = pruning.partition("/")
         ratio_text, _, mode = pruning.partition(":")
         try:
-            ratio = float(ratio_text)
+            ratio, round_to = float(ratio_text), int(round_text or 1)
         except ValueError:
-            raise UsageError(f"bad model spec '{spec}': write NAME@RATIO or NAME@RATIO:heads") from None
+            raise UsageError(f"bad model spec '{spec}': write NAME@RATIO[:heads][/ROUND_TO]") from None
         model = prune(model, ratio, part="both", importance="magnitude", ranking="uniform",
-                      attention="heads" if mode == "heads" else "head_dim")
+                      attention="heads" if mode == "heads" else "head_dim", round_to=round_to)
     return model
 
 
