@@ -218,3 +218,16 @@ def test_interrupt_and_out_of_memory(exc, needle, sam_file, tmp_path, capsys, mo
     assert code == 1
     assert needle in one_error_line(err)
     assert not out.exists()
+
+
+def test_prune_command(sam_file, image_dir, tmp_path, capsys):
+    out = tmp_path / "pruned.pt"
+    code, stdout, err = run(["prune", sam_file, "--ratio", "0.5", "--out", out, "--data", image_dir,
+                             "--importance-batches", "2", "--attention", "heads"], capsys)
+    assert code == 0, err
+    assert "wrote" in stdout
+    report = vitslim.inspect(out)
+    step = report["history"][-1]
+    assert step["criterion"]["name"] == "disturbed_taylor" and step["criterion"]["images"] == 2
+    assert all(b["head_dim"] == 16 for b in report["widths"]["blocks"])  # whole heads removed
+    assert sum(b["num_heads"] for b in report["widths"]["blocks"]) == 8

@@ -120,13 +120,19 @@ def prune(
     check_writable(out)  # fail on bad input before any slow work
     check_options(ratio, part, ranking, attention, round_to)
     crit = resolve_criterion(criterion, sigma=noise_sigma, batches=importance_batches, seed=seed)
+    if data is not None:
+        from .data import find_images
+
+        find_images(data)
     m = open_model(model, pretrained=not random_weights, checkpoint=checkpoint)
     batches = calibration_data(m, data, batch_size) if crit.needs_data else None
     with console.status(f"pruning {model} ({part}, ratio {ratio}, {crit.name})"):
         pruned = prune_model(m, ratio, part=part, importance=crit, ranking=ranking, data=batches,
                              attention=attention, round_to=round_to, seed=seed)
     path = save(pruned, out)
-    step = pruned._vitslim_info["history"][-1]
+    from .info import get_info
+
+    step = get_info(pruned)["history"][-1]
     console.print(f"wrote {path}  (importance {step['seconds']['importance']} s, surgery {step['seconds']['surgery']} s)")
 
 
