@@ -109,3 +109,10 @@ def test_custom_criterion_instance_callable_and_plugin(tiny_sam):
         assert torch.equal(_mlp_kept(p), torch.arange(128))
     finally:
         plugin_manager().unregister(plugin)
+
+
+def test_taylor_reports_progress(tiny_timm, photos):
+    x = resize_batch(photos, 64)
+    seen = []
+    vitslim.plan(tiny_timm, 0.5, part="bottleneck", data=x, batches=3, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -126,9 +126,11 @@ def prune(
         find_images(data)
     m = open_model(model, pretrained=not random_weights, checkpoint=checkpoint)
     batches = calibration_data(m, data, batch_size) if crit.needs_data else None
-    with console.status(f"pruning {model} ({part}, ratio {ratio}, {crit.name})"):
+    from .progress import StageProgress
+
+    with StageProgress(console=err_console).bar(f"{crit.name} importance") as tick:
         pruned = prune_model(m, ratio, part=part, importance=crit, ranking=ranking, data=batches,
-                             attention=attention, round_to=round_to, seed=seed)
+                             attention=attention, round_to=round_to, seed=seed, progress=tick)
     path = save(pruned, out)
     from .info import get_info
 

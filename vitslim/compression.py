@@ -189,10 +189,10 @@ def compress(
             if not resuming:
                 # one image per batch, as SlimSAM's reference does; every rank scores the same images alike
                 calib = DataLoader(train_set, batch_size=1, shuffle=False)
-                with ui.status(f"stage {si + 1}/{len(stages)} ({stage.name}): estimating importance, pruning"):
+                with ui.bar(f"stage {si + 1}/{len(stages)} {stage.name}: importance") as tick:
                     student = prune(current, stage.ratio, part=stage.part, importance=importance,
                                     ranking=ranking, data=calib, attention=attention, round_to=round_to,
-                                    sigma=sigma, batches=importance_batches, seed=seed + si)
+                                    sigma=sigma, batches=importance_batches, seed=seed + si, progress=tick)
                 student = student.to(device)
             for p in student.parameters():
                 p.requires_grad_(True)

@@ -19,6 +19,22 @@ class StageProgress:
         return self.console.status(text) if self.enabled else nullcontext()
 
     @contextmanager
+    def bar(self, description: str):
+        """A progress bar; yields ``tick(done, total)`` (``total`` may be None)."""
+        if not self.enabled:
+            yield None
+            return
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=None)
+
+            def tick(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield tick
+
+    @contextmanager
     def epoch(self, stage: int, stages: int, name: str, epoch: int, epochs: int):
         if not self.enabled:
             yield None

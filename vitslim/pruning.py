@@ -83,7 +83,8 @@ def check_options(ratio: Any, part: str, ranking: str, attention: str, round_to:
 def plan(
     model: nn.Module, ratio: float, part: str = "both", importance: Any = "disturbed_taylor",
     ranking: str = "global", data: Any = None, attention: str = "head_dim", round_to: int = 1,
-    sigma: float = 0.01, batches: int | None = None, seed: int = 0, **criterion_options: Any,
+    sigma: float = 0.01, batches: int | None = None, seed: int = 0, progress: Callable | None = None,
+    **criterion_options: Any,
 ) -> PruningPlan:
     """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
     check_options(ratio, part, ranking, attention, round_to)
@@ -99,7 +100,8 @@ def plan(
     batches_data = as_batches(data)
     if crit.needs_data and batches_data is None:
         raise UsageError(f"the '{crit.name}' criterion needs calibration images (data=...)")
-    ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params)
+    ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params,
+                              progress=progress)
     t0 = time.perf_counter()
     crit.prepare(ctx)
     scores = {}
@@ -125,6 +127,7 @@ def prune(
     batches: int | None = None,
     seed: int = 0,
     inplace: bool = False,
+    progress: Callable | None = None,
     **criterion_options: Any,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``).
@@ -135,7 +138,8 @@ def prune(
     encoder: a (N,C,H,W) tensor or an iterable of batches. ``ranking="global"`` lets each block keep its
     own width, ``"uniform"`` gives all the same; ``attention="heads"`` removes whole heads instead of
     head-dim channels; ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches``
-    (how many calibration batches) and ``seed`` go to the criterion. Returns the pruned model (a copy
+    (how many calibration batches) and ``seed`` go to the criterion; ``progress(done, total)`` hears
+    about each calibration batch. Returns the pruned model (a copy
     unless ``inplace``), with what was done recorded in its provenance.
     """
     start = time.perf_counter()
@@ -144,7 +148,7 @@ def prune(
         model = copy.deepcopy(model)
     structure = family.describe(model)
     p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
-             **criterion_options)
+             progress, **criterion_options)
     t1 = time.perf_counter()
     remove_channels(model, family, structure, p.groups, p.keep)
     surgery_s = time.perf_counter() - t1

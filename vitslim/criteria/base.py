@@ -15,7 +15,8 @@ from ..groups import ChannelGroup
 class ImportanceContext:
     """What a criterion may look at: the whole model, its encoder (the part being pruned, whose
     ``named_parameters`` the groups refer to), the family, and calibration ``data`` (an iterable of
-    preprocessed image batches, or None)."""
+    preprocessed image batches, or None). A criterion that loops over the data reports each batch to
+    ``progress(done, total)`` when given (``total`` may be None)."""
 
     model: nn.Module
     encoder: nn.Module
@@ -23,6 +24,7 @@ class ImportanceContext:
     data: Iterable[torch.Tensor] | None = None
     params: dict[str, nn.Parameter] = field(default_factory=dict)
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    progress: Callable[[int, int | None], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.params:

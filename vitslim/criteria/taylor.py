@@ -49,6 +49,9 @@ class TaylorImportance(Criterion):
             p.requires_grad_(True)
         ctx.encoder.eval()
         self.images_seen = 0
+        total = len(ctx.data) if hasattr(ctx.data, "__len__") else None
+        if total is not None and self.batches is not None:
+            total = min(total, self.batches)
         try:
             for step, inputs in enumerate(ctx.data):
                 if self.batches is not None and step >= self.batches:
@@ -60,6 +63,8 @@ class TaylorImportance(Criterion):
                     out = ctx.encoder(inputs)
                     self.loss(out, inputs, ctx).backward()
                 self.images_seen += inputs.shape[0]
+                if ctx.progress is not None:
+                    ctx.progress(step + 1, total)
                 for n, p in params.items():
                     if p.grad is None:
                         continue
