@@ -148,3 +148,24 @@ def test_micro_batches_give_the_whole_batch_gradient(tiny_timm, photos, tmp_path
     b = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "b", micro_batch=4, **kw)
     for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert (wa - wb).abs().max() <= 1e-5, k
+
+
+def test_fused_attention_training_matches_plain(tiny_sam, sam_images, tmp_path):
+    """compress trains with the fused attention by default; the plain path gives the same weights."""
+    x = sam_images.repeat(2, 1, 1, 1)
+    kw = dict(ratio=0.5, data=x, epochs=1, batch_size=2, lr=1e-3, importance_batches=2, progress=False)
+    fast = vitslim.compress(copy.deepcopy(tiny_sam), workdir=tmp_path / "f", fast=True, **kw)
+    plain = vitslim.compress(copy.deepcopy(tiny_sam), workdir=tmp_path / "p", fast=False, **kw)
+    from vitslim_sam.fast import FusedAttention
+
+    assert isinstance(fast.image_encoder.blocks[0].attn, FusedAttention)
+    assert not isinstance(plain.image_encoder.blocks[0].attn, FusedAttention)
+    assert vitslim.describe(fast).widths() == vitslim.describe(plain).widths()
+    log_f = fast._vitslim_info["history"][-1]["log"]
+    log_p = plain._vitslim_info["history"][-1]["log"]
+    for rf, rp in zip(log_f, log_p):
+        assert rf["train"]["loss"] == pytest.approx(rp["train"]["loss"], rel=1e-5)
+    # Adam turns 1e-8 gradient differences into up to ~1e-4 weight differences after a few steps; a
+    # wrong attention would move weights by up to lr x steps = 8e-3
+    for (k, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items()):
+        assert (a - b).abs().max() <= 5e-4, k

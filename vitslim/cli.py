@@ -171,6 +171,7 @@ def compress(
     resume: bool = typer.Option(False, "--resume", help="Continue the run kept in --workdir."),
     workdir: str = typer.Option("vitslim-work", "--workdir", help="Where epoch checkpoints are kept."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the validation split at the end."),
+    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fused attention while distilling (same numbers)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Compress a model: prune + distil in stages (SlimSAM's alternate slimming by default)."""
@@ -209,7 +210,7 @@ def compress(
             teacher, ratio, data=data, schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
             lr=lr, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
             sigma=noise_sigma, importance_batches=importance_batches, seed=seed, device=device,
-            precision=precision, workdir=workdir, resume=resume, out=out, micro_batch=micro_batch,
+            precision=precision, workdir=workdir, resume=resume, out=out, micro_batch=micro_batch, fast=fast,
         )
     except KeyboardInterrupt:
         raise VitslimError(f"interrupted: the last epoch checkpoint is kept in {workdir}; continue with --resume") from None

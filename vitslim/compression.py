@@ -121,6 +121,7 @@ def compress(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     micro_batch: int = 0,
+    fast: bool = True,
     stop_after: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Compress ``model`` by ``ratio`` with a schedule of prune + distil stages (SlimSAM by default).
@@ -132,7 +133,8 @@ def compress(
     samples), a (N,C,H,W) tensor of preprocessed images, or a Dataset of them. Each epoch ends with an
     atomic checkpoint in ``workdir``; ``resume=True`` continues from it. ``out`` writes the final model.
     ``micro_batch`` images go through forward/backward at a time (0: 1 on CPU, the whole batch on GPU);
-    the gradient is the whole batch's either way. ``model`` is the teacher: it is moved to ``device``
+    the gradient is the whole batch's either way. ``fast`` trains and teaches with the family's fused
+    attention (:func:`vitslim.optimize`; same numbers). ``model`` is the teacher: it is moved to ``device``
     and otherwise left unchanged. ``stop_after=(stage, epoch)`` stops after that epoch's checkpoint.
     """
     check_options(ratio, "both", ranking, attention, round_to)
@@ -160,6 +162,9 @@ def compress(
         workdir.mkdir(parents=True, exist_ok=True)
 
     original = model.to(device).eval()
+    if fast:  # the family's fused attention: same outputs and gradients, less time and memory
+        original = family.optimize(copy.deepcopy(original))
+    speed = family.optimize if fast else (lambda m: m)
     with frozen(original):
         dataset = dataset_for(model, data)
         train_idx, val_idx = split(len(dataset), val_fraction, seed)
@@ -175,8 +180,8 @@ def compress(
         if state is not None:
             history = state["history"]
             start_stage, start_epoch = state["stage"], state["epoch"] + 1
-            current = from_payload(state["previous"]).to(device).eval() if state["previous"] else original
-            student = from_payload(state["student"]).to(device)
+            current = speed(from_payload(state["previous"])).to(device).eval() if state["previous"] else original
+            student = speed(from_payload(state["student"])).to(device)
             if start_epoch >= stages[start_stage].epochs:  # that stage had finished
                 current, student = student.eval(), None
                 start_stage, start_epoch = start_stage + 1, 0
