@@ -61,8 +61,11 @@ def inspect(model: nn.Module | str | os.PathLike, macs: bool = True) -> dict:
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
         if os.path.exists(spec) or spec.endswith((".pt", ".pth")):
-            source = {"file": spec, "vitslim_version": modelfile.read(spec)["vitslim_version"]}
-        model = open_model(spec, pretrained=False)
+            payload = modelfile.read(spec)  # read once: its version for the report, its model to inspect
+            source = {"file": spec, "vitslim_version": payload["vitslim_version"]}
+            model = modelfile.from_payload(payload, spec).eval()
+        else:
+            model = create(spec, pretrained=False)
     family = family_of(model)
     info = get_info(model) or {}
     structure = family.describe(model)
