@@ -100,13 +100,15 @@ def test_custom_criterion_instance_callable_and_plugin(tiny_sam):
     class Plugin:
         @vitslim.hookimpl
         def vitslim_importances(self):
-            return {"keep_first": KeepFirst}
+            return {"keep_first": KeepFirst, "keep_last": lambda g, ctx: torch.arange(g.size, dtype=torch.float64)}
 
     plugin = Plugin()
     plugin_manager().register(plugin, name="test-plugin")
     try:
         p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance="keep_first", ranking="uniform")
         assert torch.equal(_mlp_kept(p), torch.arange(128))
+        p = vitslim.plan(tiny_sam, 0.5, part="bottleneck", importance="keep_last", ranking="uniform")
+        assert torch.equal(_mlp_kept(p), torch.arange(128, 256))
     finally:
         plugin_manager().unregister(plugin)
 

@@ -24,5 +24,6 @@ def vitslim_families() -> list:
 
 @hookspec
 def vitslim_importances() -> dict:
-    """Return importance criteria by name: ``{"name": criterion}``, where a criterion follows
-    :class:`vitslim.criteria.Criterion` (an object or a callable)."""
+    """Return importance criteria by name: ``{"name": criterion}``, where a criterion is a
+    :class:`vitslim.criteria.Criterion` subclass (built with the options it accepts: ``sigma``,
+    ``batches``, ``seed``, ...), an instance, or a plain function ``fn(group, ctx) -> scores``."""

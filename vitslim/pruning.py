@@ -32,14 +32,15 @@ def resolve_criterion(importance: Any, **options: Any) -> C.Criterion:
         known = importances()
         if importance not in known:
             raise UsageError(f"unknown criterion '{importance}': choose one of {', '.join(sorted(known))}")
-        factory = known[importance]
-        import inspect
+        entry = known[importance]
+        if isinstance(entry, C.Criterion):
+            return entry
+        if isinstance(entry, type) and issubclass(entry, C.Criterion):
+            import inspect
 
-        accepted = inspect.signature(factory).parameters
-        crit = factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
-        if not isinstance(crit, C.Criterion):
-            crit = C.FunctionCriterion(crit, importance)
-        return crit
+            accepted = inspect.signature(entry).parameters
+            return entry(**{k: v for k, v in options.items() if k in accepted and v is not None})
+        return C.FunctionCriterion(entry, importance)  # a plain fn(group, ctx) -> scores
     if callable(importance):
         return C.FunctionCriterion(importance)
     raise UsageError(f"importance must be a name, a Criterion or a callable, not {type(importance).__name__}")
