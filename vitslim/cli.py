@@ -27,6 +27,19 @@ def _fmt(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) -> None:
+    """``data`` as JSON, or ``rows`` as a two-column table for people."""
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
 def _value(v) -> str:
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
@@ -234,21 +247,13 @@ def compress(
         images = [ds.images[i] for i in val_idx]
         summary["eval"] = _evaluate(family_of(teacher), student.cpu(), teacher.cpu(), images)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"vitslim compress {model} --ratio {ratio}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    table.add_row("params", f"{_fmt(summary['before']['params'])} -> {_fmt(summary['after']['params'])}")
-    table.add_row("MACs (modules)", f"{_fmt(summary['before']['macs'])} -> {_fmt(summary['after']['macs'])}")
-    for stage, rec in summary["stages"].items():
-        table.add_row(f"{stage}: last train loss / val MSE", f"{rec['train_loss']:.5f} / {rec['val_output_mse']:.6f}")
-    for k, v in (summary.get("eval") or {}).items():
-        table.add_row(f"eval {k}", _value(v))
-    table.add_row("time", f"{summary['seconds']} s")
-    table.add_row("output", out)
-    console.print(table)
+    rows = [("params", f"{_fmt(summary['before']['params'])} -> {_fmt(summary['after']['params'])}"),
+            ("MACs (modules)", f"{_fmt(summary['before']['macs'])} -> {_fmt(summary['after']['macs'])}")]
+    rows += [(f"{stage}: last train loss / val MSE", f"{rec['train_loss']:.5f} / {rec['val_output_mse']:.6f}")
+             for stage, rec in summary["stages"].items()]
+    rows += [(f"eval {k}", _value(v)) for k, v in (summary.get("eval") or {}).items()]
+    rows += [("time", f"{summary['seconds']} s"), ("output", out)]
+    _show(summary, as_json, f"vitslim compress {model} --ratio {ratio}", rows)
 
 
 def _evaluate(family, student, teacher, images, annotations=None) -> dict:
@@ -298,15 +303,7 @@ def eval_cmd(
         raise UsageError(f"teacher {base} is not of the student's family ({family.name})")
     with console.status(f"evaluating on {len(images)} images"):
         result = _evaluate(family, s, t, images)
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{student} vs {base}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, _value(v))
-    console.print(table)
+    _show(result, as_json, f"{student} vs {base}", [(k, _value(v)) for k, v in result.items()])
 
 
 @app.command()
