@@ -66,6 +66,9 @@ class TimmFamily(Family):
                     f"timm:{arch} is not supported: block {i} has no plain timm Attention "
                     f"(attn.qkv/attn.proj), found {type(attn).__name__}"
                 )
+            if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
+                raise UsageError(f"timm:{arch} is not supported: block {i} normalises the attention output "
+                                 f"(scale_norm), which head pruning cannot keep exact")
             if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no plain timm Mlp (mlp.fc1/mlp.fc2), "
@@ -142,7 +145,6 @@ class TimmFamily(Family):
             attn = blk.attn
             hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
                          if f"{p}.attn.{n}" in params]
-            hd_params += [(f"{p}.attn.norm.{n}", 0) for n in ("weight", "bias") if f"{p}.attn.norm.{n}" in params]
             blocks.append(BlockSpec(
                 name=p,
                 attn=AttentionSpec(
