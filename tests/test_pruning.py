@@ -125,3 +125,34 @@ def test_dependency_graph_agrees_with_structure_description(which, request):
     from_graph = graph_embedding_params(fam.encoder(model), st, fam, model)
     assert sorted(from_graph) == sorted(st.embedding_params)
     assert any(name.endswith("pos_embed") for name, _ in from_graph)
+
+
+@pytest.mark.parametrize("arch,size", [("deit_tiny_distilled_patch16_224", 64),   # distillation token + head
+                                       ("vit_small_patch14_dinov2", 56),          # LayerScale
+                                       ("vit_base_patch16_reg4_gap_256", 64)])    # register tokens, GAP
+def test_timm_variants_prune_and_roundtrip(arch, size, tmp_path):
+    torch.manual_seed(0)
+    model = vitslim.create(f"timm:{arch}", pretrained=False, depth=2, embed_dim=48, num_heads=3, img_size=size)
+    pruned = vitslim.prune(model, 0.5, part="both", importance="magnitude")  # graph and description agree
+    assert vitslim.describe(pruned).widths()["embed_dim"] == 24
+    x = torch.randn(2, 3, size, size)
+    loaded = vitslim.load(vitslim.save(pruned, tmp_path / "m.pt"))
+    with torch.no_grad():
+        a, b = pruned(x), loaded(x)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    assert torch.equal(a, b)
+
+
+def test_description_disagreeing_with_graph_is_refused(tiny_timm, monkeypatch):
+    from vitslim_timm.family import TimmFamily
+
+    real = TimmFamily.describe
+
+    def forgetful(self, model):
+        st = real(self, model)
+        st.embedding_params = [p for p in st.embedding_params if p[0] != "pos_embed"]
+        return st
+
+    monkeypatch.setattr(TimmFamily, "describe", forgetful)
+    with pytest.raises(UsageError, match="not described: pos_embed"):
+        vitslim.prune(tiny_timm, 0.5, part="embedding", importance="magnitude")

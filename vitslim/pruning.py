@@ -93,8 +93,18 @@ def plan(
     encoder = family.encoder(model)
     structure = family.describe(model)
     if part in ("embedding", "both"):
-        # torch-pruning's dependency graph decides what moves with the residual channels
-        structure.embedding_params = graph_embedding_params(encoder, structure, family, model)
+        # torch-pruning's dependency graph decides what moves with the residual channels; the family's
+        # description must agree, since loading a saved file relies on it alone
+        found = graph_embedding_params(encoder, structure, family, model)
+        missing = sorted(set(found) - set(structure.embedding_params))
+        extra = sorted(set(structure.embedding_params) - set(found))
+        if missing or extra:
+            raise UsageError(
+                f"the '{family.name}' family's description of this model disagrees with its dependency "
+                f"graph ({'not described: ' + ', '.join(n for n, _ in missing[:3]) if missing else ''}"
+                f"{'; not coupled: ' + ', '.join(n for n, _ in extra[:3]) if extra else ''}): its embedding "
+                f"width cannot be pruned safely; prune part='bottleneck' or fix the family")
+        structure.embedding_params = found
     params = dict(encoder.named_parameters())
     groups = build_groups(structure, part, attention, set(params))
     crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)

@@ -57,7 +57,7 @@ class TimmFamily(Family):
         from timm.layers import Attention, Mlp
 
         blocks = getattr(model, "blocks", None)
-        if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
             raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
         for i, blk in enumerate(blocks):
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
@@ -127,8 +127,8 @@ class TimmFamily(Family):
 
         for name in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
             add(name, 0)
-        for name in ("cls_token", "reg_token", "pos_embed"):
-            add(name, params[name].dim() - 1 if name in params else 0)
+        for name in [n for n in params if "." not in n and (n.endswith("token") or n == "pos_embed")]:
+            add(name, params[name].dim() - 1)  # cls, register, distillation tokens; position embedding
         for name in ("patch_embed.norm.weight", "patch_embed.norm.bias", "norm_pre.weight", "norm_pre.bias"):
             add(name, 0)
         grid = model.patch_embed.grid_size
@@ -156,8 +156,9 @@ class TimmFamily(Family):
             ))
         for name in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
             add(name, 0)
-        if isinstance(getattr(model, "head", None), nn.Linear):
-            add("head.weight", 1)
+        for name, module in model.named_children():
+            if name.startswith("head") and isinstance(module, nn.Linear):  # head, head_dist
+                add(f"{name}.weight", 1)
         return Structure(
             embed_dim=model.patch_embed.proj.out_channels,
             blocks=blocks, embedding_root="patch_embed.proj", embedding_params=emb,
