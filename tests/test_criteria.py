@@ -1,11 +1,10 @@
 """Each criterion picks what it should on constructed cases."""
 
-import pytest
 import torch
 
 import vitslim
 from vitslim.criteria import Criterion, DisturbedTaylorImportance, MagnitudeImportance, TaylorImportance
-from vitslim.registry import family_of, plugin_manager
+from vitslim.registry import plugin_manager
 
 from .conftest import resize_batch
 

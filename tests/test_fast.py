@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import vitslim
-from vitslim.registry import family_of
 
 from .conftest import encode, resize_batch
 

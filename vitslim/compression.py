@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .engine.schedules import build_schedule
 from .engine.trainer import StageLoss, TrainConfig, train_epoch, validate, world

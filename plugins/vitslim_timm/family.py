@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 from vitslim import Family
@@ -88,7 +89,7 @@ class TimmFamily(Family):
         chans = model.patch_embed.proj.in_channels
         return (chans, *model.patch_embed.img_size)
 
-    def preprocess(self, model: nn.Module, image: Any) -> "torch.Tensor":
+    def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """The model's own eval transform (timm's data config: size, crop, mean, std)."""
         from timm.data import create_transform, resolve_data_config
 
@@ -105,8 +106,6 @@ class TimmFamily(Family):
     def evaluate(self, student, teacher, images, annotations=None) -> dict:
         """Top-1 agreement with the teacher and cosine similarity of the outputs (logits, or features
         for a headless model)."""
-        import torch
-
         xs = torch.stack([self.preprocess(teacher, im.convert("RGB")) for im in images])
         dev = next(student.parameters()).device
         with torch.no_grad():
@@ -178,8 +177,6 @@ class TimmFamily(Family):
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """timm's fused path scales by the *current* head dim; fold the ratio into q so that the pruned
         attention equals the original one with the removed channels zeroed."""
-        import torch
-
         factor = (attn.head_dim / old_head_dim) ** 0.5
         with torch.no_grad():
             if isinstance(attn.q_norm, nn.Identity):
