@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch import nn
 
+from .errors import VitslimError
 from .family import Family
 from .structure import Structure
 
@@ -34,7 +35,7 @@ def _owner_is_layer(root: nn.Module, name: str) -> bool:
     return isinstance(root.get_submodule(path) if path else root, _LAYER_TYPES)
 
 
-def _members_of(item, dg, shadow: nn.Module) -> list[tuple[str, int]]:
+def _members_of(item, dg) -> list[tuple[str, int]]:
     """``(param name, axis)`` pairs a graph item prunes; [] for tp's internal op nodes."""
     target = item.dep.target.module
     out_side = item.dep.handler.__name__.startswith("prune_out")
@@ -53,7 +54,7 @@ def _members_of(item, dg, shadow: nn.Module) -> list[tuple[str, int]]:
         elif isinstance(target, (nn.LayerNorm, nn.GroupNorm)):
             found.append((f"{name}.{leaf}", 0))
         else:
-            raise NotImplementedError(f"the dependency graph reached {name} ({type(target).__name__}), "
+            raise VitslimError(f"the dependency graph reached {name} ({type(target).__name__}), "
                                       f"which vitslim's surgery does not know")
     return found
 
@@ -83,10 +84,11 @@ def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_
     group = dg.get_pruning_group(root, fn, [0])
     members: list[tuple[str, int]] = []
     for item in group:
-        if list(item.idxs) != [0] and _members_of(item, dg, shadow):
-            raise NotImplementedError(f"embedding channel 0 maps to channels {list(item.idxs)} of "
+        members_here = _members_of(item, dg)
+        if list(item.idxs) != [0] and members_here:
+            raise VitslimError(f"embedding channel 0 maps to channels {list(item.idxs)} of "
                                       f"{dg._module2name.get(item.dep.target.module)}: not a plain coupling")
-        for m in _members_of(item, dg, shadow):
+        for m in members_here:
             if m not in members:
                 members.append(m)
     return members
