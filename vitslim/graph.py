@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import VitslimError
 from .family import Family
+from .reshape import owner_of
 from .structure import Structure
 
 _LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm)
@@ -31,8 +32,7 @@ def meta_shadow(module: nn.Module) -> nn.Module:
 
 
 def _owner_is_layer(root: nn.Module, name: str) -> bool:
-    path = name.rpartition(".")[0]
-    return isinstance(root.get_submodule(path) if path else root, _LAYER_TYPES)
+    return isinstance(owner_of(root, name)[0], _LAYER_TYPES)
 
 
 def _members_of(item, dg) -> list[tuple[str, int]]:

@@ -9,21 +9,27 @@ from .family import Family
 from .structure import Structure
 
 
-def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+def owner_of(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding parameter ``name`` (a dotted path under ``root``), and the leaf name."""
     path, _, leaf = name.rpartition(".")
     return (root.get_submodule(path) if path else root), leaf
 
 
+def replace_parameter(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of parameter ``name``, keeping its ``requires_grad``."""
+    owner, leaf = owner_of(root, name)
+    old = getattr(owner, leaf)
+    setattr(owner, leaf, nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad))
+
+
 def _resize(root: nn.Module, name: str, axis: int, size: int) -> None:
     """Replace parameter ``name`` by an uninitialised one whose ``axis`` has ``size`` entries."""
-    owner, leaf = _owner(root, name)
-    old = getattr(owner, leaf)
+    old = root.get_parameter(name)
     if old.shape[axis] == size:
         return
     shape = list(old.shape)
     shape[axis] = size
-    setattr(owner, leaf, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
-                                      requires_grad=old.requires_grad))
+    replace_parameter(root, name, torch.empty(shape, dtype=old.dtype, device=old.device))
 
 
 def sync_attributes(module: nn.Module) -> None:

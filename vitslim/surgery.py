@@ -13,15 +13,8 @@ from torch import nn
 
 from .family import Family
 from .groups import ChannelGroup
-from .reshape import sync_attributes
+from .reshape import replace_parameter, sync_attributes
 from .structure import Structure
-
-
-def _replace(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    path, _, leaf = name.rpartition(".")
-    owner = root.get_submodule(path) if path else root
-    old = getattr(owner, leaf)
-    setattr(owner, leaf, nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad))
 
 
 def remove_group_channels(encoder: nn.Module, group: ChannelGroup, keep: torch.Tensor) -> None:
@@ -37,7 +30,7 @@ def remove_group_channels(encoder: nn.Module, group: ChannelGroup, keep: torch.T
         drop[index[removed].flatten()] = True
         kept = torch.nonzero(~drop).flatten().to(param.device)
         with torch.no_grad():
-            _replace(encoder, name, param.detach().index_select(axis, kept))
+            replace_parameter(encoder, name, param.detach().index_select(axis, kept))
 
 
 def remove_channels(
