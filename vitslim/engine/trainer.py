@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -123,22 +123,21 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
     for i, x in enumerate(loader):
         x = x.to(cfg.device, non_blocking=True)
         last_of_step = (i + 1) % cfg.accum == 0 or i + 1 == n_batches
-        sync = trainable.no_sync() if (hasattr(trainable, "no_sync") and not last_of_step) else nullcontext()
         # micro-batches weighted by their share of the batch: the same gradient as the whole batch at once
         chunks = x.split(cfg.micro(len(x)))
         value, parts = 0.0, {}
-        with ExitStack() as stack:
-            stack.enter_context(sync)
-            for j, chunk in enumerate(chunks):
-                share = len(chunk) / len(x)
-                inner = trainable.no_sync() if (hasattr(trainable, "no_sync") and j + 1 < len(chunks)) else nullcontext()
-                with inner:
-                    with cfg.autocast():
-                        v, p = loss(student, chunk, epoch, runner=trainable)
-                    (v * share / cfg.accum).backward()
-                value = value + share * v.detach()
-                for k, pv in p.items():
-                    parts[k] = parts.get(k, 0.0) + share * pv
+        for j, chunk in enumerate(chunks):
+            share = len(chunk) / len(x)
+            # under DDP, gradients are averaged across ranks only on the backward before an optimizer step
+            sync_now = last_of_step and j + 1 == len(chunks)
+            ctx = trainable.no_sync() if (hasattr(trainable, "no_sync") and not sync_now) else nullcontext()
+            with ctx:
+                with cfg.autocast():
+                    v, p = loss(student, chunk, epoch, runner=trainable)
+                (v * share / cfg.accum).backward()
+            value = value + share * v.detach()
+            for k, pv in p.items():
+                parts[k] = parts.get(k, 0.0) + share * pv
         if last_of_step:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
