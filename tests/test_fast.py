@@ -29,6 +29,44 @@ def test_fast_path_is_exact(which, size, prune, request, photos):
     assert fast_model.state_dict().keys() == model.state_dict().keys()
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "chunked", "flex"])
+def test_each_sam_kernel_is_exact(kernel, tiny_sam, photos, monkeypatch):
+    """Per-block widths (global ranking) and pruned head dims; ``chunked`` is forced to split the
+    queries into blocks of 16 (windowed blocks hold 16 tokens, global blocks 64)."""
+    from vitslim_sam import fast
+
+    monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
+    calls = []
+    monkeypatch.setattr(fast, "ATTEND", {k: (lambda f: lambda *a: calls.append(a[0].shape[2]) or f(*a))(f)
+                                         for k, f in fast.ATTEND.items()})
+    model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global")
+    x = resize_batch(photos[:2], 128)
+    plain = encode(model, x)
+    fast_out = encode(vitslim.optimize(copy.deepcopy(model), kernel=kernel), x)
+    assert (fast_out - plain).abs().max().item() <= 1e-5
+    assert sorted(set(calls)) == [16, 64] and len(calls) == 4
+
+
+def test_chunked_kernel_splits_queries(monkeypatch):
+    from vitslim_sam import fast
+
+    monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    bh, bw = torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
+    blocks = []
+    real = fast.attend_masked
+    monkeypatch.setattr(fast, "attend_masked", lambda q, *a: blocks.append(q.shape[2]) or real(q, *a))
+    out = fast.attend_chunked(q, k, v, bh, bw, 0.3)
+    assert blocks == [16, 16, 16, 16]
+    assert torch.allclose(out, real(q, k, v, bh, bw, 0.3), atol=1e-6)
+
+
+def test_unknown_kernel_is_a_usage_error(tiny_sam, tiny_timm):
+    for model in (tiny_sam, tiny_timm):
+        with pytest.raises(vitslim.UsageError, match="unknown attention kernel 'triton'"):
+            vitslim.optimize(model, kernel="triton")
+
+
 def test_fast_model_saves_and_loads(tiny_sam, tmp_path, photos):
     fast = vitslim.optimize(copy.deepcopy(tiny_sam))
     loaded = vitslim.load(vitslim.save(fast, tmp_path / "f.pt"))

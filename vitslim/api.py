@@ -30,10 +30,11 @@ def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str
     return create(text, pretrained=pretrained, checkpoint=checkpoint)
 
 
-def optimize(model: nn.Module) -> nn.Module:
+def optimize(model: nn.Module, kernel: str = "auto") -> nn.Module:
     """Make ``model`` faster at inference without changing its outputs (the family's fused attention);
-    in place, and returns it. Files saved afterwards are unchanged (same state dict)."""
-    return family_of(model).optimize(model)
+    in place, and returns it. Files saved afterwards are unchanged (same state dict). ``kernel`` picks
+    the fused implementation (SAM: ``auto``, ``sdpa``, ``chunked``, ``flex``); ``auto`` chooses per device."""
+    return family_of(model).optimize(model, kernel=kernel)
 
 
 def describe(model: nn.Module) -> Structure:

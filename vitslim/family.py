@@ -64,8 +64,9 @@ class Family:
         """
         raise NotImplementedError
 
-    def optimize(self, model: nn.Module) -> nn.Module:
-        """Swap in faster, numerically equivalent layers (in place); the default changes nothing."""
+    def optimize(self, model: nn.Module, kernel: str = "auto") -> nn.Module:
+        """Swap in faster, numerically equivalent layers (in place); the default changes nothing.
+        ``kernel`` names one of the family's fused attention implementations; ``auto`` picks per device."""
         return model
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:

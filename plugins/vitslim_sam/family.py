@@ -145,11 +145,12 @@ class SamFamily(Family):
         with torch.no_grad():
             return model.preprocess(x[None].to(model.pixel_mean.device))[0].cpu()
 
-    def optimize(self, model: nn.Module) -> nn.Module:
-        """Fused attention (rel-pos terms as an SDPA mask); state dict and outputs unchanged."""
+    def optimize(self, model: nn.Module, kernel: str = "auto") -> nn.Module:
+        """Fused attention (rel-pos terms inside a fused kernel, see ``fast.py``); state dict and
+        outputs unchanged."""
         from .fast import fuse_attention
 
-        fuse_attention(self.encoder(model))
+        fuse_attention(self.encoder(model), kernel)
         return model
 
     def evaluate(self, student, teacher, images, annotations=None) -> dict:

@@ -96,9 +96,11 @@ class TimmFamily(Family):
         cfg = resolve_data_config({"input_size": self.input_shape(model)}, model=model)
         return create_transform(**cfg)(image)
 
-    def optimize(self, model: nn.Module) -> nn.Module:
+    def optimize(self, model: nn.Module, kernel: str = "auto") -> nn.Module:
         """timm's attention is already one fused SDPA call (scale folded into q by pruning): make sure
         the fused path is on."""
+        if kernel not in ("auto", "sdpa"):
+            raise UsageError(f"unknown attention kernel '{kernel}' for timm: choose auto or sdpa")
         for blk in model.blocks:
             blk.attn.fused_attn = True
         return model
