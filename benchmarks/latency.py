@@ -27,10 +27,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--img-size", type=int)
     ap.add_argument("--onnxruntime", action="store_true", help="also time the ONNX export in onnxruntime (CPU)")
+    ap.add_argument("--kernel", action="append", help="also time this fused kernel (SAM: sdpa, chunked, flex)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="capture each encoder as a CUDA graph (GPU)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     result = benchmark(args.models, batch=args.batch, runs=args.runs, warmup=args.warmup, fast=args.fast,
-                       dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size, onnxruntime=args.onnxruntime,
+                       dtype=args.dtype, device=args.device, compile=args.compile, img_size=args.img_size,
+                       onnxruntime=args.onnxruntime, kernels=args.kernel, cuda_graphs=args.cuda_graphs,
                        progress=lambda text: print(f"timing {text}", flush=True))
     emit(result, args.json_out)
 

@@ -88,6 +88,22 @@ def test_bench_runs_end_to_end_with_valid_json(capsys):
     assert all(r["median_ms"] > 0 for r in result["rows"]) and result["device_type"] == "cpu"
 
 
+def test_bench_times_each_named_kernel():
+    from vitslim.bench import benchmark
+
+    result = benchmark(["sam-b"], img_size=64, runs=1, warmup=0, fast=True, kernels=["sdpa", "flex"],
+                       device="cpu")
+    assert [r["path"] for r in result["rows"]] == ["plain", "fast", "fast:sdpa", "fast:flex"]
+    assert result["cuda_graphs"] is False
+
+
+def test_bench_refuses_cuda_graphs_on_cpu():
+    from vitslim.bench import benchmark
+
+    with pytest.raises(vitslim.UsageError, match="CUDA graphs need a CUDA device"):
+        benchmark(["timm:vit_tiny_patch16_224"], device="cpu", cuda_graphs=True)
+
+
 def test_quantile_nearest_rank():
     from vitslim.bench import _quantile
 

@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -22,6 +22,15 @@ from torch import nn
 from .errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def build(spec: str, config: dict | None = None) -> nn.Module:
@@ -51,7 +60,29 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def time_encoder(encoder: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> list[float]:
+def cuda_graphed(encoder: Callable, x: torch.Tensor, warmup: int = 3) -> Callable:
+    """``encoder`` captured once as a CUDA graph for inputs shaped like ``x``: calls copy their input
+    into the graph's static input and replay it (returning the static output, overwritten next call)."""
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(warmup):  # lazy initialisation (cuBLAS handles, compiled kernels) before capture
+            encoder(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        static_out = encoder(static_x)
+
+    def replay(inp: torch.Tensor):
+        static_x.copy_(inp)
+        graph.replay()
+        return static_out
+
+    return replay
+
+
+def time_encoder(encoder: Callable, x: torch.Tensor, runs: int, warmup: int) -> list[float]:
     """Milliseconds per forward: CUDA events on GPU, wall clock on CPU."""
     cuda = x.device.type == "cuda"
     times = []
@@ -100,15 +131,21 @@ def time_onnxruntime(model: nn.Module, batch: int, runs: int, warmup: int) -> li
 
 def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup: int = 1, fast: bool = False,
               dtype: str = "fp32", device: str | None = None, compile: bool = False,
-              img_size: int | None = None, onnxruntime: bool = False, progress=None) -> dict[str, Any]:
-    """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize`, and with
-    ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU."""
+              img_size: int | None = None, onnxruntime: bool = False, kernels: list[str] | None = None,
+              cuda_graphs: bool = False, progress=None) -> dict[str, Any]:
+    """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize` (row
+    ``fast``), with ``kernels`` also once per named fused kernel (rows ``fast:KERNEL``), and with
+    ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU. ``compile`` wraps each
+    encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only)."""
     from .api import inspect, optimize
     from .registry import family_of
 
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}': choose fp32, fp16 or bf16")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cuda_graphs and not device.startswith("cuda"):
+        raise UsageError("CUDA graphs need a CUDA device (--device cuda)")
+    paths = [("plain", None)] + ([("fast", "auto")] if fast else []) + [(f"fast:{k}", k) for k in kernels or []]
     runs = runs or (50 if device.startswith("cuda") else 3)
     rows = []
     for spec in specs:
@@ -116,12 +153,14 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
         model = build(spec, config)
         family = family_of(model)
         report = inspect(model)
-        variants = [("plain", model)] + ([("fast", optimize(copy.deepcopy(model)))] if fast else [])
-        for label, m in variants:
+        for label, kernel in paths:
+            m = model if kernel is None else optimize(copy.deepcopy(model), kernel=kernel)
             encoder = family.encoder(m).to(device=device, dtype=DTYPES[dtype]).eval()
             if compile:
                 encoder = torch.compile(encoder)
             x = torch.randn(batch, *family.input_shape(m), device=device, dtype=DTYPES[dtype])
+            if cuda_graphs:
+                encoder = cuda_graphed(encoder, x)
             if progress:
                 progress(f"{spec} ({label})")
             times = time_encoder(encoder, x, runs, warmup)
@@ -131,7 +170,7 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
                 "median_ms": statistics.median(times), "p90_ms": _quantile(times, 0.9),
                 "runs": len(times),
             })
-            del encoder
+            del encoder, m
         if onnxruntime:
             if progress:
                 progress(f"{spec} (onnxruntime)")
@@ -141,7 +180,7 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
     base = rows[0]["median_ms"] if rows else 1.0
     for r in rows:
         r["speedup"] = base / r["median_ms"]
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
     return {"device": name, "device_type": torch.device(device).type, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "dtype": dtype, "batch": batch, "compile": compile,
+            "torch": torch.__version__, "dtype": dtype, "batch": batch, "compile": compile, "cuda_graphs": cuda_graphs,
             "input": list(family.input_shape(model)) if rows else None, "rows": rows}

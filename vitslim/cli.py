@@ -318,6 +318,8 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="SAM input size override (names only)."),
     onnxruntime: bool = typer.Option(False, "--onnxruntime", help="Also time the ONNX export in onnxruntime (CPU)."),
+    kernel: Optional[list[str]] = typer.Option(None, "--kernel", help="Also time this fused kernel (repeatable; SAM: sdpa, chunked, flex)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture each encoder as a CUDA graph (GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Encoder latency, side by side in one run; speed-ups against the first row."""
@@ -326,7 +328,7 @@ def bench(
     with console.status("timing") as status:
         result = benchmark(models, batch=batch, runs=runs, warmup=warmup, fast=fast, dtype=dtype,
                            device=device, compile=compile, img_size=img_size, onnxruntime=onnxruntime,
-                           progress=lambda text: status.update(f"timing {text}"))
+                           kernels=kernel, cuda_graphs=cuda_graphs, progress=lambda text: status.update(f"timing {text}"))
     if as_json:
         print(json.dumps(result, indent=2))
         return
