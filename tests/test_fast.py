@@ -36,9 +36,15 @@ def test_each_sam_kernel_is_exact(kernel, tiny_sam, photos, monkeypatch):
     from vitslim_sam import fast
 
     monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
-    calls = []
-    monkeypatch.setattr(fast, "ATTEND", {k: (lambda f: lambda *a: calls.append(a[0].shape[2]) or f(*a))(f)
-                                         for k, f in fast.ATTEND.items()})
+    calls = []  # query count of each attention call
+
+    def counted(attend):
+        def wrapper(q, *rest):
+            calls.append(q.shape[2])
+            return attend(q, *rest)
+        return wrapper
+
+    monkeypatch.setattr(fast, "ATTEND", {name: counted(f) for name, f in fast.ATTEND.items()})
     model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global")
     x = resize_batch(photos[:2], 128)
     plain = encode(model, x)
