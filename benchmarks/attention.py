@@ -5,8 +5,14 @@
 
 Times block ``--block``'s attention module alone on the input it sees inside the encoder (a global
 block: one 64x64 grid at 1024x1024; a windowed block: 25 windows of 14x14), forward only, no autograd.
-``flex`` compiles on its first call (excluded: warm-up). Reports the largest difference from plain.
+``flex`` compiles on its first call (excluded: warm-up). Reports the largest difference from plain
+(random weights; all-zero rel-pos tables, as SAM initialises them, are filled with noise first).
 Specs as in ``vitslim bench``.
+
+``--candidates`` (SAM only) adds designs measured and not adopted: ``augmented`` folds the rel-pos
+terms into q and k (q' = [scale q, q.rel_h, q.rel_w], k' = [k, onehot(row), onehot(col)], scale 1:
+exact, mask-free), ``augmented_padded`` also zero-pads v to q's width (so SDPA's fused CPU kernel
+accepts it), and ``no_bias`` drops the rel-pos terms (not exact: the floor for the layer).
 """
 
 from __future__ import annotations
@@ -24,11 +30,38 @@ from vitslim.bench import DTYPES, build, time_encoder
 from vitslim.registry import family_of
 
 
+def _candidate(attn, kind: str):
+    """A forward for SAM ``Attention`` ``attn`` computed the ``kind`` way (see module docstring)."""
+    import torch.nn.functional as F
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    def forward(x):
+        B, H, W, _ = x.shape
+        heads = attn.num_heads
+        q, k, v = attn.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if kind == "no_bias":
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        else:
+            r_q = q.reshape(B, heads, H, W, -1)
+            bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(H, H, attn.rel_pos_h)).reshape(B, heads, H * W, H)
+            bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(W, W, attn.rel_pos_w)).reshape(B, heads, H * W, W)
+            rows, cols = torch.arange(H).repeat_interleave(W), torch.arange(W).repeat(H)
+            onehot = torch.cat([F.one_hot(rows, H), F.one_hot(cols, W)], -1).to(q)
+            q2 = torch.cat([q * attn.scale, bh, bw], -1)
+            k2 = torch.cat([k, onehot.expand(B, heads, -1, -1)], -1)
+            v2 = F.pad(v, (0, q2.shape[-1] - v.shape[-1])) if kind == "augmented_padded" else v
+            out = F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., : v.shape[-1]]
+        return attn.proj(out.transpose(1, 2).reshape(B, H, W, -1))
+
+    return forward
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--block", type=int, default=2)
     ap.add_argument("--kernels", nargs="+", default=["sdpa", "chunked", "flex"])
+    ap.add_argument("--candidates", action="store_true", help="also time designs not adopted (SAM)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -37,6 +70,10 @@ def main() -> None:
     args = ap.parse_args()
 
     model = build(args.model)
+    with torch.no_grad():  # SAM starts its rel-pos tables at zero: give them values so that they count
+        for name, param in model.named_parameters():
+            if "rel_pos" in name and not param.any():
+                param.normal_(0, 0.02)
     family = family_of(model)
     block = family.describe(model).blocks[args.block]
     dtype = DTYPES[args.dtype]
@@ -58,8 +95,11 @@ def main() -> None:
     plain = layer(model)
     with torch.no_grad():
         reference = plain(x).float()
-    for name, module in [("plain", plain)] + [(k, layer(vitslim.optimize(copy.deepcopy(model), kernel=k)))
-                                              for k in args.kernels]:
+    variants = [("plain", plain)] + [(k, layer(vitslim.optimize(copy.deepcopy(model), kernel=k)))
+                                     for k in args.kernels]
+    if args.candidates:
+        variants += [(c, _candidate(plain, c)) for c in ("augmented", "augmented_padded", "no_bias")]
+    for name, module in variants:
         times = time_encoder(module, x, args.runs, args.warmup)
         with torch.no_grad():
             diff = (module(x).float() - reference).abs().max().item()
