@@ -29,3 +29,20 @@ def test_export_cli(tiny_timm, tmp_path, capsys):
     main(["export", str(src), "--onnx", str(tmp_path / "t.onnx")])
     assert (tmp_path / "t.onnx").stat().st_size > 100_000
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_export_of_fused_sam_records_one_attention_per_block(tiny_sam, tmp_path, monkeypatch):
+    import onnx
+
+    from vitslim_sam import fast
+
+    monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)  # would split each global block into 4 query blocks
+    model = vitslim.optimize(vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude"))
+    path = vitslim.export_onnx(model, tmp_path / "m.onnx")
+    softmaxes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == len(model.image_encoder.blocks)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = model.image_encoder(x).numpy()
+    got = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4

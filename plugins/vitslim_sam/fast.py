@@ -9,7 +9,8 @@ tables (``bh``: N x H, ``bw``: N x W per head) are handed to a fused kernel. Ker
   (about 2x faster than ``sdpa`` on a global block on the CPU, measured in ``benchmarks/attention.py``);
 - ``flex``: ``flex_attention`` (compiled) with a ``score_mod`` that reads the two tables, so no mask is
   ever materialised; on a GPU it compiles to one Triton kernel;
-- ``auto`` (default): ``chunked`` on the CPU without autograd, otherwise ``sdpa``.
+- ``auto`` (default): ``chunked`` on the CPU without autograd, otherwise (and when traced for ONNX)
+  ``sdpa``.
 
 All compute what the plain module computes (fp32: within 1e-5) with the same parameters and state dict.
 """
@@ -89,6 +90,8 @@ class FusedAttention(Attention):
     def _kernel_for(self, x: torch.Tensor) -> str:
         if self.kernel != "auto":
             return self.kernel
+        if torch.jit.is_tracing():  # an export records one graph, not one node per query block
+            return "sdpa"
         return "chunked" if x.device.type == "cpu" and not torch.is_grad_enabled() else "sdpa"
 
 
