@@ -68,6 +68,9 @@ def test_compress_sam_end_to_end(sam_file, image_dir, tmp_path, capsys):
     masks, scores, _ = predictor.predict(point_coords=np.array([[250, 150]]), point_labels=np.array([1]),
                                          multimask_output=False)
     assert masks.shape == (1, 512, 512) and masks.dtype == bool
+    fast = SamPredictor(vitslim.optimize(vitslim.load(out)))  # the fused attention behind SamPredictor
+    fast.set_image(data.astronaut())
+    assert (fast.features - predictor.features).abs().max().item() <= 1e-5
 
 
 def test_eval_teacher_against_itself_is_perfect(sam_file, capsys):
