@@ -4,7 +4,8 @@
     python benchmarks/attention.py sam-b --block 0 --device cuda --dtype bf16 --runs 50
 
 Times block ``--block``'s attention module alone on the input it sees inside the encoder (a global
-block: one 64x64 grid at 1024x1024; a windowed block: 25 windows of 14x14), forward only, no autograd.
+block: one 64x64 grid at 1024x1024; a windowed block: 25 windows of 14x14): forward only without
+autograd, or with ``--backward`` forward + backward of a scalar loss (as in distillation).
 ``flex`` compiles on its first call (excluded: warm-up). Reports the largest difference from plain
 (random weights; all-zero rel-pos tables, as SAM initialises them, are filled with noise first).
 Specs as in ``vitslim bench``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import time
 
 import torch
 
@@ -56,12 +58,29 @@ def _candidate(attn, kind: str):
     return forward
 
 
+def time_training_step(module, x: torch.Tensor, runs: int, warmup: int) -> list[float]:
+    """Milliseconds per forward + backward of ``module(x).square().mean()`` (wall clock, synchronised)."""
+    x = x.detach().requires_grad_(True)
+    times = []
+    for i in range(warmup + runs):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        module(x).float().square().mean().backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--block", type=int, default=2)
     ap.add_argument("--kernels", nargs="+", default=["sdpa", "chunked", "flex"])
     ap.add_argument("--candidates", action="store_true", help="also time designs not adopted (SAM)")
+    ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -100,13 +119,14 @@ def main() -> None:
     if args.candidates:
         variants += [(c, _candidate(plain, c)) for c in ("augmented", "augmented_padded", "no_bias")]
     for name, module in variants:
-        times = time_encoder(module, x, args.runs, args.warmup)
+        times = time_training_step(module, x, args.runs, args.warmup) if args.backward else \
+            time_encoder(module, x, args.runs, args.warmup)
         with torch.no_grad():
             diff = (module(x).float() - reference).abs().max().item()
         rows.append({"kernel": name, "median_ms": statistics.median(times), "max_abs_diff": diff})
     for r in rows:
         r["speedup"] = rows[0]["median_ms"] / r["median_ms"]
-    emit({"model": args.model, "block": args.block, "input": list(x.shape), "heads": block.attn.num_heads,
+    emit({"model": args.model, "block": args.block, "backward": args.backward, "input": list(x.shape), "heads": block.attn.num_heads,
           "head_dim": block.attn.head_dim, "device": args.device, "dtype": args.dtype,
           "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, args.json_out)
 

@@ -53,6 +53,24 @@ def test_each_sam_kernel_is_exact(kernel, tiny_sam, photos, monkeypatch):
     assert sorted(set(calls)) == [16, 64] and len(calls) == 4
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "chunked"])
+def test_fused_kernels_give_the_same_gradients(kernel, tiny_sam, photos, monkeypatch):
+    """Distillation trains through the fused attention: parameter gradients must match the plain ones."""
+    from vitslim_sam import fast
+
+    monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
+    model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global")
+    fused = vitslim.optimize(copy.deepcopy(model), kernel=kernel)
+    x = resize_batch(photos[:2], 128)
+    grads = []
+    for m in (model, fused):
+        m.image_encoder(x).square().mean().backward()
+        grads.append({n: p.grad for n, p in m.image_encoder.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=1e-4, atol=1e-6), name
+
+
 def test_chunked_kernel_splits_queries(monkeypatch):
     from vitslim_sam import fast
 

@@ -6,11 +6,12 @@ tables (``bh``: N x H, ``bw``: N x W per head) are handed to a fused kernel. Ker
 
 - ``sdpa``: one ``scaled_dot_product_attention`` call with the terms expanded into an additive mask;
 - ``chunked``: the same, one block of queries at a time, so each block's mask stays in the CPU's cache
-  (about 2x faster than ``sdpa`` on a global block on the CPU, measured in ``benchmarks/attention.py``);
+  (up to 2x faster than ``sdpa`` on a global block on the CPU, forward and backward: see
+  ``benchmarks/attention.py``);
 - ``flex``: ``flex_attention`` (compiled) with a ``score_mod`` that reads the two tables, so no mask is
   ever materialised; on a GPU it compiles to one Triton kernel;
-- ``auto`` (default): ``chunked`` on the CPU without autograd, otherwise (and when traced for ONNX)
-  ``sdpa``.
+- ``auto`` (default): ``chunked`` on the CPU (forward and backward), otherwise (and when traced for
+  ONNX) ``sdpa``.
 
 All compute what the plain module computes (fp32: within 1e-5) with the same parameters and state dict.
 """
@@ -92,7 +93,7 @@ class FusedAttention(Attention):
             return self.kernel
         if torch.jit.is_tracing():  # an export records one graph, not one node per query block
             return "sdpa"
-        return "chunked" if x.device.type == "cpu" and not torch.is_grad_enabled() else "sdpa"
+        return "chunked" if x.device.type == "cpu" else "sdpa"
 
 
 def fuse_attention(encoder: torch.nn.Module, kernel: str = "auto") -> int:
