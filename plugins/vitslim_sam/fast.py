@@ -43,6 +43,16 @@ def attend_chunked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
     if rows >= N:
         return attend_masked(q, k, v, bh, bw, scale)
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # Under autograd the CPU's SDPA takes its math path, which saves a contiguous copy of k^T and v
+        # per call; here both are laid out once and every block's matmuls keep views of them.
+        k_t, v = k.transpose(-2, -1).contiguous(), v.contiguous()
+        for start in range(0, N, rows):
+            block = slice(start, start + rows)
+            mask = (bh[:, :, block].unsqueeze(-1) + bw[:, :, block].unsqueeze(-2)).flatten(-2)
+            scores = torch.baddbmm(mask.flatten(0, 1), (q[:, :, block] * scale).flatten(0, 1), k_t.flatten(0, 1))
+            out[:, :, block] = (scores.softmax(-1) @ v.flatten(0, 1)).view(B, heads, -1, v.shape[-1])
+        return out
     for start in range(0, N, rows):
         block = slice(start, start + rows)
         out[:, :, block] = attend_masked(q[:, :, block], k, v, bh[:, :, block], bw[:, :, block], scale)
