@@ -58,7 +58,7 @@ def test_fused_kernels_give_the_same_gradients(kernel, tiny_sam, photos, monkeyp
     """Distillation trains through the fused attention: parameter gradients must match the plain ones."""
     from vitslim_sam import fast
 
-    monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
+    monkeypatch.setattr(fast, "TRAINING_BLOCK_BYTES", 1)
     model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global")
     fused = vitslim.optimize(copy.deepcopy(model), kernel=kernel)
     x = resize_batch(photos[:2], 128)
@@ -83,6 +83,25 @@ def test_chunked_kernel_splits_queries(monkeypatch):
     out = fast.attend_chunked(q, k, v, bh, bw, 0.3)
     assert blocks == [16, 16, 16, 16]
     assert torch.allclose(out, real(q, k, v, bh, bw, 0.3), atol=1e-6)
+
+
+def test_chunked_kernel_under_autograd_splits_queries_and_matches(monkeypatch):
+    from vitslim_sam import fast
+
+    monkeypatch.setattr(fast, "TRAINING_BLOCK_BYTES", 1)
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, 2, 64, 8, requires_grad=True) for _ in range(5)]
+    blocks = []
+    baddbmm = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda m, a, b: blocks.append(a.shape[1]) or baddbmm(m, a, b))
+    out = fast.attend_chunked(*inputs, 0.3)
+    assert blocks == [16, 16, 16, 16]
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    monkeypatch.undo()
+    expected = fast.attend_masked(*inputs, 0.3)
+    assert torch.allclose(out, expected, atol=1e-6)
+    for g, e in zip(grads, torch.autograd.grad(expected.square().sum(), inputs)):
+        assert torch.allclose(g, e, atol=1e-5)
 
 
 def test_unknown_kernel_is_a_usage_error(tiny_sam, tiny_timm):
