@@ -335,7 +335,7 @@ def bench(
     table = Table(title=f"{result['device']} ({result['threads']} threads), torch {result['torch']}, "
                         f"{result['dtype']}, batch {result['batch']}, input {result['input']}")
     for col in ("model", "path", "params", "MACs", "MACs+attn", "median ms", "p90 ms", "speed-up"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")  # wrap long specs rather than cut them
     for r in result["rows"]:
         table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]),
                       f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x")
