@@ -1,33 +1,42 @@
 #!/usr/bin/env bash
-# Every GPU figure the README asks for, in one call (about 6 minutes on an H100 after installation):
+# Every GPU figure the README asks for, in one call of at most about 9 minutes (each figure has its own
+# time limit; one that fails or runs out leaves the others standing):
 #
 #     bash benchmarks/gpu.sh [OUT_DIR]
 #
-# Uses VITSLIM_PYTHON (default python3). If that Python lacks vitslim, installs it without touching
-# its torch: first any wheels in ../.whl (for an offline GPU machine that has torch, timm, typer, rich
-# and pluggy but not torch-pruning or segment-anything, fetch them beside the repo with
-# `pip download --no-deps -d .whl torch-pruning==1.6.1 segment-anything==1.0`), then this checkout.
-# Writes one JSON file per figure into OUT_DIR (default: $OUT, else ../gpu-results) and a log.
+# Uses VITSLIM_PYTHON (default python3). If that Python lacks vitslim, installs it without touching its
+# torch: first the wheels in <repo>/.whl, then this checkout (editable, no dependencies). For an offline
+# GPU machine whose Python has torch, timm, typer, rich and pluggy but not torch-pruning or
+# segment-anything, fetch those into the repo first (`.whl/` is git-ignored, so name it in the device
+# tool's `carry`):
+#
+#     pip download --no-deps -d .whl torch-pruning==1.6.1 segment-anything==1.0
+#
+# Writes one JSON file per figure into OUT_DIR (default: $OUT, else <repo>/gpu-results) and log.txt.
 set -uo pipefail
-cd "$(dirname "$0")"
-out="${1:-${OUT:-$PWD/../gpu-results}}"
-mkdir -p "$out"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-${OUT:-$repo/gpu-results}}"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
 py="${VITSLIM_PYTHON:-python3}"
 if ! "$py" -c "import vitslim" 2>/dev/null; then
-    if ls ../.whl/*.whl >/dev/null 2>&1; then "$py" -m pip install -q --no-index --no-deps ../.whl/*.whl; fi
-    "$py" -m pip install -q --no-deps --no-build-isolation -e .. >"$out/install.log" 2>&1
+    if ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
+        "$py" -m pip install -q --no-index --no-deps "$repo"/.whl/*.whl >"$out/install.log" 2>&1
+    fi
+    "$py" -m pip install -q --no-deps --no-build-isolation -e "$repo" >>"$out/install.log" 2>&1
+    "$py" -c "import vitslim, segment_anything, torch_pruning" || { cat "$out/install.log"; exit 1; }
 fi
+cd "$repo/benchmarks"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
-run() {  # NAME SECONDS COMMAND...: one figure, its time limit, its output in $out/NAME.json
+run() {  # NAME SECONDS COMMAND...: one figure, its time limit, its JSON in $out/NAME.json
     local name=$1 limit=$2; shift 2
     echo "== $name: $*" | tee -a "$out/log.txt"
     timeout "$limit" "$py" "$@" --json "$out/$name.json" >>"$out/log.txt" 2>&1 || echo "   failed or timed out ($?)" | tee -a "$out/log.txt"
 }
-run sam_bf16_b1 150 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --kernel flex --dtype bf16 --runs 50
-run sam_bf16_b1_graphs 90 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --dtype bf16 --runs 50 --cuda-graphs
-run sam_bf16_b8 90 latency.py sam-b sam-b@0.77 --fast --dtype bf16 --batch 8 --runs 20
-run sam_fp32_b1 90 latency.py sam-b sam-b@0.77 sam-b@0.77/8 --fast --runs 30
-run timm_bf16 60 latency.py timm:vit_base_patch16_224 timm:vit_base_patch16_224@0.5 --fast --dtype bf16 --batch 8 --runs 50
+run sam_bf16_b1 120 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --kernel flex --dtype bf16 --runs 50
+run sam_bf16_b1_graphs 60 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --dtype bf16 --runs 50 --cuda-graphs
+run sam_bf16_b8 60 latency.py sam-b sam-b@0.77 --fast --dtype bf16 --batch 8 --runs 20
+run sam_fp32_b1 60 latency.py sam-b sam-b@0.77 sam-b@0.77/8 --fast --runs 30
+run timm_bf16 40 latency.py timm:vit_base_patch16_224 timm:vit_base_patch16_224@0.5 --fast --dtype bf16 --batch 8 --runs 50
 run attention_global 60 attention.py sam-b@0.77 --block 2 --kernels sdpa chunked flex --dtype bf16 --runs 50
-run distill 120 distill_throughput.py --model sam-b --img-size 1024 --images 16 --batch-size 4 --device cuda
+run distill 90 distill_throughput.py --model sam-b --img-size 1024 --images 16 --batch-size 4 --device cuda
 ls -l "$out"

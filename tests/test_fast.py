@@ -31,26 +31,41 @@ def test_fast_path_is_exact(which, size, prune, request, photos):
 
 @pytest.mark.parametrize("kernel", ["sdpa", "chunked", "flex"])
 def test_each_sam_kernel_is_exact(kernel, tiny_sam, photos, monkeypatch):
-    """Per-block widths (global ranking) and pruned head dims; ``chunked`` is forced to split the
-    queries into blocks of 16 (windowed blocks hold 16 tokens, global blocks 64)."""
+    """Per-block widths (global ranking), pruned head dims (below 16: ``flex`` pads them), windowed
+    blocks (16 tokens) and global blocks (64 tokens); ``chunked`` is forced into blocks of 16 queries."""
     from vitslim_sam import fast
 
     monkeypatch.setattr(fast, "MASK_BLOCK_BYTES", 1)
-    calls = []  # query count of each attention call
+    calls = []  # (kernel, queries) of each attention call; "masked" for chunked's inner SDPA calls
 
-    def counted(attend):
+    def counted(name, attend):
         def wrapper(q, *rest):
-            calls.append(q.shape[2])
+            calls.append((name, q.shape[2]))
             return attend(q, *rest)
         return wrapper
 
-    monkeypatch.setattr(fast, "ATTEND", {name: counted(f) for name, f in fast.ATTEND.items()})
+    monkeypatch.setattr(fast, "ATTEND", {name: counted(name, f) for name, f in fast.ATTEND.items()})
+    monkeypatch.setattr(fast, "attend_masked", counted("masked", fast.attend_masked))
     model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global")
+    assert min(w["head_dim"] for w in vitslim.describe(model).widths()["blocks"]) < fast.FLEX_MIN_HEAD_DIM
     x = resize_batch(photos[:2], 128)
     plain = encode(model, x)
     fast_out = encode(vitslim.optimize(copy.deepcopy(model), kernel=kernel), x)
     assert (fast_out - plain).abs().max().item() <= 1e-5
-    assert sorted(set(calls)) == [16, 64] and len(calls) == 4
+    kernel_calls = [c for c in calls if c[0] != "masked"]
+    assert sorted(kernel_calls) == [(kernel, 16)] * 2 + [(kernel, 64)] * 2
+    masked = [n for name, n in calls if name == "masked"]
+    if kernel == "chunked":  # 2 windowed blocks whole, 2 global blocks in 4 query blocks each
+        assert masked == [16] * 10
+
+
+def test_rel_pos_table_matches_sam():
+    from segment_anything.modeling.image_encoder import get_rel_pos
+    from vitslim_sam.fast import rel_pos_table
+
+    for size, length in [(14, 27), (64, 127), (8, 31)]:  # the last one is interpolated
+        table = torch.randn(length, 6)
+        assert torch.equal(rel_pos_table(size, table), get_rel_pos(size, size, table))
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "chunked"])
@@ -138,6 +153,28 @@ def test_bench_times_each_named_kernel():
                        device="cpu")
     assert [r["path"] for r in result["rows"]] == ["plain", "fast", "fast:sdpa", "fast:flex"]
     assert result["cuda_graphs"] is False
+
+
+def test_bench_reports_a_failing_row_and_goes_on(monkeypatch, capsys):
+    from vitslim import bench
+    from vitslim.cli import main
+
+    real = bench.time_encoder
+
+    def fail_fast_rows(encoder, x, runs, warmup):
+        if any(type(m).__name__ == "FusedAttention" for m in encoder.modules()):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        return real(encoder, x, runs, warmup)
+
+    monkeypatch.setattr(bench, "time_encoder", fail_fast_rows)
+    result = bench.benchmark(["sam-b", "sam-b@0.5"], img_size=64, runs=1, warmup=0, fast=True, device="cpu")
+    failed = [r for r in result["rows"] if r["path"] == "fast"]
+    assert [r["error"] for r in failed] == ["RuntimeError: operation not permitted when stream is capturing"] * 2
+    assert all(r["median_ms"] is None and r["speedup"] is None for r in failed)
+    plain = [r for r in result["rows"] if r["path"] == "plain"]
+    assert plain[0]["speedup"] == 1.0 and plain[1]["median_ms"] > 0
+    main(["bench", "sam-b", "--img-size", "64", "--runs", "1", "--warmup", "0", "--fast"])
+    assert "sam-b (fast) failed: RuntimeError" in capsys.readouterr().out
 
 
 def test_bench_refuses_cuda_graphs_on_cpu():

@@ -129,6 +129,32 @@ def time_onnxruntime(model: nn.Module, batch: int, runs: int, warmup: int) -> li
     return times
 
 
+def _time_variant(model: nn.Module, family, kernel: str | None, batch: int, runs: int, warmup: int, dtype: str,
+                  device: str, compile: bool, cuda_graphs: bool) -> list[float]:
+    """Times of one row: ``model`` as it is (``kernel`` None) or a copy after ``optimize(kernel)``."""
+    from .api import optimize
+
+    m = model if kernel is None else optimize(copy.deepcopy(model), kernel=kernel)
+    encoder = family.encoder(m).to(device=device, dtype=DTYPES[dtype]).eval()
+    if compile:
+        encoder = torch.compile(encoder)
+    x = torch.randn(batch, *family.input_shape(m), device=device, dtype=DTYPES[dtype])
+    if cuda_graphs:
+        encoder = cuda_graphed(encoder, x)
+    return time_encoder(encoder, x, runs, warmup)
+
+
+def _timed(measure: Callable[[], list[float]]) -> dict[str, Any]:
+    """Median, p90 and count of ``measure()``'s times, or the reason it failed (one row of a run
+    failing, e.g. a model that CUDA graphs cannot capture, leaves the others standing)."""
+    try:
+        times = measure()
+    except Exception as exc:  # noqa: BLE001 - reported in the row, the run goes on
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"median_ms": None, "p90_ms": None, "runs": 0, "error": f"{type(exc).__name__}: {message}"[:200]}
+    return {"median_ms": statistics.median(times), "p90_ms": _quantile(times, 0.9), "runs": len(times)}
+
+
 def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup: int = 1, fast: bool = False,
               dtype: str = "fp32", device: str | None = None, compile: bool = False,
               img_size: int | None = None, onnxruntime: bool = False, kernels: list[str] | None = None,
@@ -136,8 +162,9 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
     """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize` (row
     ``fast``), with ``kernels`` also once per named fused kernel (rows ``fast:KERNEL``), and with
     ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU. ``compile`` wraps each
-    encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only)."""
-    from .api import inspect, optimize
+    encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only). A row that
+    fails has ``median_ms`` None and an ``error``; speed-ups are against the first timed row."""
+    from .api import inspect
     from .registry import family_of
 
     if dtype not in DTYPES:
@@ -153,33 +180,20 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
         model = build(spec, config)
         family = family_of(model)
         report = inspect(model)
+        info = {"model": spec, "params": report["encoder"]["params"], "macs": report["encoder"]["macs"],
+                "macs_with_attention": report["encoder"]["macs_with_attention"]}
         for label, kernel in paths:
-            m = model if kernel is None else optimize(copy.deepcopy(model), kernel=kernel)
-            encoder = family.encoder(m).to(device=device, dtype=DTYPES[dtype]).eval()
-            if compile:
-                encoder = torch.compile(encoder)
-            x = torch.randn(batch, *family.input_shape(m), device=device, dtype=DTYPES[dtype])
-            if cuda_graphs:
-                encoder = cuda_graphed(encoder, x)
             if progress:
                 progress(f"{spec} ({label})")
-            times = time_encoder(encoder, x, runs, warmup)
-            rows.append({
-                "model": spec, "path": label, "params": report["encoder"]["params"],
-                "macs": report["encoder"]["macs"], "macs_with_attention": report["encoder"]["macs_with_attention"],
-                "median_ms": statistics.median(times), "p90_ms": _quantile(times, 0.9),
-                "runs": len(times),
-            })
-            del encoder, m
+            rows.append({**info, "path": label, **_timed(
+                lambda: _time_variant(model, family, kernel, batch, runs, warmup, dtype, device, compile, cuda_graphs))})
         if onnxruntime:
             if progress:
                 progress(f"{spec} (onnxruntime)")
-            times = time_onnxruntime(model, batch, runs, warmup)
-            rows.append({**rows[-1], "path": "onnxruntime", "median_ms": statistics.median(times),
-                         "p90_ms": _quantile(times, 0.9), "runs": len(times)})
-    base = rows[0]["median_ms"] if rows else 1.0
+            rows.append({**info, "path": "onnxruntime", **_timed(lambda: time_onnxruntime(model, batch, runs, warmup))})
+    timed = [r for r in rows if r["median_ms"] is not None]
     for r in rows:
-        r["speedup"] = base / r["median_ms"]
+        r["speedup"] = timed[0]["median_ms"] / r["median_ms"] if timed and r["median_ms"] is not None else None
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
     return {"device": name, "device_type": torch.device(device).type, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "dtype": dtype, "batch": batch, "compile": compile, "cuda_graphs": cuda_graphs,

@@ -322,7 +322,7 @@ def bench(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture each encoder as a CUDA graph (GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Encoder latency, side by side in one run; speed-ups against the first row."""
+    """Encoder latency, side by side in one run; speed-ups against the first timed row."""
     from .bench import benchmark
 
     with console.status("timing") as status:
@@ -337,9 +337,13 @@ def bench(
     for col in ("model", "path", "params", "MACs", "MACs+attn", "median ms", "p90 ms", "speed-up"):
         table.add_column(col, justify="right", overflow="fold")  # wrap long specs rather than cut them
     for r in result["rows"]:
-        table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]),
-                      f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x")
+        timing = ([f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x"]
+                  if r["median_ms"] is not None else ["failed", "", ""])
+        table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]), *timing)
     console.print(table)
+    for r in result["rows"]:
+        if r.get("error"):
+            console.print(f"{r['model']} ({r['path']}) failed: {r['error']}")
 
 
 @app.command()

@@ -8,10 +8,11 @@ tables (``bh``: N x H, ``bw``: N x W per head) are handed to a fused kernel. Ker
 - ``chunked``: the same, one block of queries at a time, so each block's mask stays in the CPU's cache
   (forward: 1.9x faster than ``sdpa`` on a SAM-B 0.77 global block on the CPU; under autograd larger
   blocks, as fast as ``sdpa`` with a lower peak: see ``benchmarks/attention.py`` and the README);
-- ``flex``: ``flex_attention`` (compiled) with a ``score_mod`` that reads the two tables, so no mask is
-  ever materialised; on a GPU it compiles to one Triton kernel;
-- ``auto`` (default): ``chunked`` on the CPU (forward and backward), otherwise (and when traced for
-  ONNX) ``sdpa``.
+- ``flex``: ``flex_attention`` (compiled once per shape) with a ``score_mod`` that reads the two
+  tables, so no mask is ever materialised; head dims below 16 are zero-padded to 16 (the GPU lowering
+  needs 16; the scale is passed explicitly, so the result is unchanged);
+- ``auto`` (default): ``chunked`` on the CPU (forward and backward), ``sdpa`` on a GPU and inside
+  ``torch.compile``. Any kernel records ``sdpa`` when traced for ONNX export.
 
 All compute what the plain module computes (fp32: within 1e-5) with the same parameters and state dict.
 """
@@ -44,7 +45,7 @@ def attend_chunked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
     """:func:`attend_masked` over blocks of queries whose masks are about ``MASK_BLOCK_BYTES`` each
     (``TRAINING_BLOCK_BYTES`` when gradients are needed)."""
     B, heads, N, _ = q.shape
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bh, bw))
     block_bytes = TRAINING_BLOCK_BYTES if training else MASK_BLOCK_BYTES
     rows = max(16, block_bytes // (B * heads * N * q.element_size()))
     if rows >= N:
@@ -66,6 +67,10 @@ def attend_chunked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
     return out
 
 
+FLEX_MIN_HEAD_DIM = 16  # inductor's GPU flex_attention lowering refuses smaller head dims
+FLEX_RECOMPILE_LIMIT = 64  # one compilation per attention shape; per-block widths give many
+
+
 @functools.cache
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
@@ -75,15 +80,30 @@ def _compiled_flex_attention():
 
 def attend_flex(q, k, v, bh, bw, scale: float) -> torch.Tensor:
     """``flex_attention`` whose ``score_mod`` adds ``bh[query, key row] + bw[query, key column]``."""
-    width = bw.shape[-1]
+    width, head_dim = bw.shape[-1], v.shape[-1]
+    if head_dim < FLEX_MIN_HEAD_DIM:  # zero channels add nothing to q.k; padded outputs are cut off
+        q, k, v = (F.pad(t, (0, FLEX_MIN_HEAD_DIM - head_dim)) for t in (q, k, v))
 
     def rel_pos(score, b, h, query, key):
         return score + bh[b, h, query, key // width] + bw[b, h, query, key % width]
 
-    return _compiled_flex_attention()(q, k, v, score_mod=rel_pos, scale=scale)
+    # dynamo's default allows 8 compilations per function before it silently runs flex_attention
+    # unfused; a globally ranked model has a shape per block
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        out = _compiled_flex_attention()(q, k, v, score_mod=rel_pos, scale=scale)
+    return out[..., :head_dim]
 
 
 ATTEND = {"sdpa": attend_masked, "chunked": attend_chunked, "flex": attend_flex}
+
+
+def rel_pos_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """SAM's ``get_rel_pos(size, size, rel_pos)`` with the index built on ``rel_pos``'s device (SAM
+    builds it on the CPU, a host-to-device copy that CUDA graph capture refuses)."""
+    if rel_pos.shape[0] != 2 * size - 1:  # SAM interpolates the table: keep its code for that case
+        return get_rel_pos(size, size, rel_pos)
+    coords = torch.arange(size, device=rel_pos.device)
+    return rel_pos[coords[:, None] - coords[None, :] + (size - 1)]
 
 
 class FusedAttention(Attention):
@@ -98,17 +118,19 @@ class FusedAttention(Attention):
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
         if self.use_rel_pos:
             r_q = q.reshape(B, heads, H, W, -1)
-            bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(H, H, self.rel_pos_h)).reshape(B, heads, H * W, H)
-            bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(W, W, self.rel_pos_w)).reshape(B, heads, H * W, W)
+            bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, rel_pos_table(H, self.rel_pos_h)).reshape(B, heads, H * W, H)
+            bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, rel_pos_table(W, self.rel_pos_w)).reshape(B, heads, H * W, W)
             out = ATTEND[self._kernel_for(x)](q, k, v, bh, bw, self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, -1))
 
     def _kernel_for(self, x: torch.Tensor) -> str:
+        if torch.jit.is_tracing():  # ONNX export: one attention node per block, in operators ONNX has
+            return "sdpa"
         if self.kernel != "auto":
             return self.kernel
-        if torch.jit.is_tracing():  # an export records one graph, not one node per query block
+        if torch.compiler.is_compiling():  # the compiler fuses the mask itself; no unrolled block loop
             return "sdpa"
         return "chunked" if x.device.type == "cpu" else "sdpa"
 
