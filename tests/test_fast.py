@@ -199,3 +199,35 @@ def test_bench_spec_round_to():
     assert w["embed_dim"] % 16 == 0 and all(b["mlp_hidden"] % 16 == 0 and b["head_dim"] % 16 == 0 for b in w["blocks"])
     with pytest.raises(vitslim.UsageError, match="bad model spec"):
         build("timm:vit_tiny_patch16_224@abc")
+
+
+def test_optimize_accepts_families_without_a_kernel_argument(monkeypatch, tiny_timm):
+    """Third-party families written against ``optimize(self, model)`` keep working with the default."""
+    import vitslim.api as api
+
+    class OldFamily:
+        def optimize(self, model):
+            model.optimized = True
+            return model
+
+    monkeypatch.setattr(api, "family_of", lambda model: OldFamily())
+    assert vitslim.optimize(tiny_timm).optimized is True
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("kernel", ["auto", "flex"])
+def test_gpu_fast_path_is_exact_and_graph_capturable(kernel, tiny_sam, photos):
+    """On a GPU (never in CI here): every fused kernel matches, and the fast encoder replays as a CUDA
+    graph with the same output."""
+    from vitslim.bench import cuda_graphed
+
+    model = vitslim.prune(tiny_sam, 0.5, part="both", importance="magnitude", ranking="global").cuda()
+    x = resize_batch(photos[:2], 128).cuda()
+    plain = encode(model, x)
+    fast_model = vitslim.optimize(copy.deepcopy(model), kernel=kernel)
+    assert (encode(fast_model, x) - plain).abs().max().item() <= 1e-4  # TF32 may be on
+    replay = cuda_graphed(fast_model.image_encoder.eval(), x)
+    assert (replay(x) - plain).abs().max().item() <= 1e-4
