@@ -11,8 +11,9 @@ tables (``bh``: N x H, ``bw``: N x W per head) are handed to a fused kernel. Ker
 - ``flex``: ``flex_attention`` (compiled once per shape) with a ``score_mod`` that reads the two
   tables, so no mask is ever materialised; head dims below 16 are zero-padded to 16 (the GPU lowering
   needs 16; the scale is passed explicitly, so the result is unchanged);
-- ``auto`` (default): ``chunked`` on the CPU (forward and backward), ``sdpa`` on a GPU and inside
-  ``torch.compile``. Any kernel records ``sdpa`` when traced for ONNX export.
+- ``auto`` (default): ``chunked`` on the CPU (forward and backward; also under ``torch.compile``,
+  which unrolls the blocks: 1285 ms vs 1892 ms for ``sdpa`` on SAM-B 0.77), ``sdpa`` on a GPU. Any
+  kernel records ``sdpa`` when traced for ONNX export.
 
 All compute what the plain module computes (fp32: within 1e-5) with the same parameters and state dict.
 """
@@ -130,8 +131,6 @@ class FusedAttention(Attention):
             return "sdpa"
         if self.kernel != "auto":
             return self.kernel
-        if torch.compiler.is_compiling():  # the compiler fuses the mask itself; no unrolled block loop
-            return "sdpa"
         return "chunked" if x.device.type == "cpu" else "sdpa"
 
 
