@@ -177,6 +177,15 @@ def test_bench_reports_a_failing_row_and_goes_on(monkeypatch, capsys):
     assert "sam-b (fast) failed: RuntimeError" in capsys.readouterr().out
 
 
+def test_bench_unknown_kernel_is_one_clear_error(capsys):
+    from vitslim.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "timm:vit_tiny_patch16_224", "--kernel", "triton", "--runs", "1"])
+    assert exit_info.value.code == 2
+    assert "error: unknown attention kernel 'triton' for timm" in capsys.readouterr().err
+
+
 def test_bench_refuses_cuda_graphs_on_cpu():
     from vitslim.bench import benchmark
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import UsageError, VitslimError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -149,6 +149,8 @@ def _timed(measure: Callable[[], list[float]]) -> dict[str, Any]:
     failing, e.g. a model that CUDA graphs cannot capture, leaves the others standing)."""
     try:
         times = measure()
+    except VitslimError:  # the user's mistake (an unknown kernel, say): one clear line, not a row
+        raise
     except Exception as exc:  # noqa: BLE001 - reported in the row, the run goes on
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {"median_ms": None, "p90_ms": None, "runs": 0, "error": f"{type(exc).__name__}: {message}"[:200]}
