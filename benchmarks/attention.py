@@ -35,18 +35,16 @@ from vitslim.registry import family_of
 def _candidate(attn, kind: str):
     """A forward for SAM ``Attention`` ``attn`` computed the ``kind`` way (see module docstring)."""
     import torch.nn.functional as F
-    from segment_anything.modeling.image_encoder import get_rel_pos
+    from vitslim_sam.fast import rel_pos_terms, split_heads
 
     def forward(x):
         B, H, W, _ = x.shape
         heads = attn.num_heads
-        q, k, v = attn.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(attn, x)
         if kind == "no_bias":
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         else:
-            r_q = q.reshape(B, heads, H, W, -1)
-            bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(H, H, attn.rel_pos_h)).reshape(B, heads, H * W, H)
-            bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(W, W, attn.rel_pos_w)).reshape(B, heads, H * W, W)
+            bh, bw = rel_pos_terms(attn, q, H, W)
             rows, cols = torch.arange(H).repeat_interleave(W), torch.arange(W).repeat(H)
             onehot = torch.cat([F.one_hot(rows, H), F.one_hot(cols, W)], -1).to(q)
             q2 = torch.cat([q * attn.scale, bh, bw], -1)

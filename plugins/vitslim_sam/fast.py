@@ -98,6 +98,22 @@ def attend_flex(q, k, v, bh, bw, scale: float) -> torch.Tensor:
 ATTEND = {"sdpa": attend_masked, "chunked": attend_chunked, "flex": attend_flex}
 
 
+def split_heads(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of SAM attention ``attn`` for ``x`` (B, H, W, dim), each (B, heads, H*W, head_dim)."""
+    B, H, W, _ = x.shape
+    return attn.qkv(x).reshape(B, H * W, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def rel_pos_terms(attn: Attention, q: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed rel-pos terms as two tables: ``bh`` (B, heads, N, H) and ``bw`` (B, heads, N, W),
+    so that the bias of query n and key (row i, column j) is ``bh[n, i] + bw[n, j]``."""
+    B, heads = q.shape[:2]
+    r_q = q.reshape(B, heads, H, W, -1)
+    bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, rel_pos_table(H, attn.rel_pos_h)).reshape(B, heads, H * W, H)
+    bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, rel_pos_table(W, attn.rel_pos_w)).reshape(B, heads, H * W, W)
+    return bh, bw
+
+
 def rel_pos_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """SAM's ``get_rel_pos(size, size, rel_pos)`` with the index built on ``rel_pos``'s device (SAM
     builds it on the CPU, a host-to-device copy that CUDA graph capture refuses)."""
@@ -114,13 +130,9 @@ class FusedAttention(Attention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
-        heads = self.num_heads
-        qkv = self.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
+        q, k, v = split_heads(self, x)
         if self.use_rel_pos:
-            r_q = q.reshape(B, heads, H, W, -1)
-            bh = torch.einsum("bnhwc,hkc->bnhwk", r_q, rel_pos_table(H, self.rel_pos_h)).reshape(B, heads, H * W, H)
-            bw = torch.einsum("bnhwc,wkc->bnhwk", r_q, rel_pos_table(W, self.rel_pos_w)).reshape(B, heads, H * W, W)
+            bh, bw = rel_pos_terms(self, q, H, W)
             out = ATTEND[self._kernel_for(x)](q, k, v, bh, bw, self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
