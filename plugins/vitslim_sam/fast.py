@@ -36,10 +36,14 @@ MASK_BLOCK_BYTES = 8 << 20  # one query block's mask in ``chunked``: about a qua
 TRAINING_BLOCK_BYTES = 64 << 20
 
 
+def rel_pos_mask(bh: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
+    """The additive (B, heads, N, H*W) mask the two tables stand for: ``bh[n, i] + bw[n, j]``."""
+    return (bh.unsqueeze(-1) + bw.unsqueeze(-2)).flatten(-2)
+
+
 def attend_masked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
     """Attention with the rel-pos terms expanded into one additive (B, heads, N, N) mask."""
-    mask = (bh.unsqueeze(-1) + bw.unsqueeze(-2)).flatten(-2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=rel_pos_mask(bh, bw), scale=scale)
 
 
 def attend_chunked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
@@ -58,7 +62,7 @@ def attend_chunked(q, k, v, bh, bw, scale: float) -> torch.Tensor:
         k_t, v = k.transpose(-2, -1).contiguous(), v.contiguous()
         for start in range(0, N, rows):
             block = slice(start, start + rows)
-            mask = (bh[:, :, block].unsqueeze(-1) + bw[:, :, block].unsqueeze(-2)).flatten(-2)
+            mask = rel_pos_mask(bh[:, :, block], bw[:, :, block])
             scores = torch.baddbmm(mask.flatten(0, 1), (q[:, :, block] * scale).flatten(0, 1), k_t.flatten(0, 1))
             out[:, :, block] = (scores.softmax(-1) @ v.flatten(0, 1)).view(B, heads, -1, v.shape[-1])
         return out
