@@ -87,7 +87,7 @@ def test_eval_against_sa1b_ground_truth(tiny_sam, sam_file, tmp_path, capsys, ph
     from PIL import Image
     from segment_anything import SamPredictor
 
-    from vitslim_sam.evaluate import rle_to_mask
+    from vitslim_sam.rle import mask_to_rle, rle_to_mask
 
     folder = tmp_path / "sa1b"
     folder.mkdir()
@@ -101,37 +101,12 @@ def test_eval_against_sa1b_ground_truth(tiny_sam, sam_file, tmp_path, capsys, ph
         # box prompt for the same annotation: that mask's box, from which the teacher predicts again
         ys, xs = np.nonzero(m[0])
         bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
-        anns.append({"segmentation": _rle_encode(m[0]), "bbox": bbox, "point_coords": [[x, y]]})
+        anns.append({"segmentation": mask_to_rle(m[0]), "bbox": bbox, "point_coords": [[x, y]]})
         assert np.array_equal(rle_to_mask(anns[-1]["segmentation"]), m[0])
     (folder / "sa_1.json").write_text(json.dumps({"annotations": anns}))
     code, stdout, err = run(["eval", sam_file, "--teacher", sam_file, "--data", folder, "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["miou_point_vs_gt"] == 1.0
-
-
-def _rle_encode(mask: np.ndarray) -> dict:
-    """COCO compressed RLE (column-major runs, string-coded), as SA-1B stores masks."""
-    flat = mask.T.flatten()
-    counts, val, n = [], False, 0
-    for v in flat:
-        if v != val:
-            counts.append(n)
-            val, n = v, 0
-        n += 1
-    counts.append(n)
-    chars = []
-    for i, x in enumerate(counts):
-        if i > 2:
-            x -= counts[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            chars.append(chr(c + 48))
-    return {"size": list(mask.shape), "counts": "".join(chars)}
 
 
 def test_compress_timm_writes_loadable_file(tiny_timm, tmp_path, capsys):

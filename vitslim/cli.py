@@ -170,11 +170,13 @@ def compress(
     ranking: str = typer.Option("global", "--ranking", help="global | uniform"),
     attention: str = typer.Option("head_dim", "--attention", help="head_dim | heads"),
     schedule: str = typer.Option("alternate", "--schedule", help="alternate | one-shot | iterative:K"),
-    epochs: int = typer.Option(1, "--epochs", help="Epochs per stage (alternate)."),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per stage (alternate); default: enough for 2000 steps per stage."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per optimizer step."),
     accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
     micro_batch: int = typer.Option(0, "--micro-batch", help="Images per forward/backward (0: 1 on CPU, batch on GPU)."),
-    lr: float = typer.Option(1e-4, "--lr"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 0.1 / embedding width)."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine | plateau (SlimSAM's) | constant"),
+    augment: str = typer.Option("default", "--augment", help="Views shared by teacher and student: default | none | e.g. flip,crop=0.5,mixup"),
     noise_sigma: float = typer.Option(0.01, "--noise-sigma", help="Disturbed Taylor noise std."),
     importance_batches: Optional[int] = typer.Option(None, "--importance-batches", help="Batches for importance (default: all)."),
     round_to: int = typer.Option(1, "--round-to"),
@@ -202,7 +204,12 @@ def compress(
     out = out or _default_out(model, ratio)
     check_writable(out)  # every cheap check before the slow work
     check_options(ratio, "both", ranking, attention, round_to)
-    build_schedule(schedule, ratio, epochs)
+    build_schedule(schedule, ratio, epochs or 1)
+    from .compression import check_training_options
+    from .engine.augment import parse_augment
+
+    check_training_options(lr, lr_schedule, 1)
+    parse_augment(augment)
     resolve_criterion(criterion, sigma=noise_sigma)
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"unknown precision '{precision}': choose auto, fp32 or bf16")
@@ -221,7 +228,7 @@ def compress(
     try:
         student = run_compress(
             teacher, ratio, data=data, schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
-            lr=lr, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
+            lr=lr, lr_schedule=lr_schedule, augment=augment, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
             sigma=noise_sigma, importance_batches=importance_batches, seed=seed, device=device,
             precision=precision, workdir=workdir, resume=resume, out=out, micro_batch=micro_batch, fast=fast,
         )

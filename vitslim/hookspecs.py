@@ -27,3 +27,9 @@ def vitslim_importances() -> dict:
     """Return importance criteria by name: ``{"name": criterion}``, where a criterion is a
     :class:`vitslim.criteria.Criterion` subclass (built with the options it accepts: ``sigma``,
     ``batches``, ``seed``, ...), an instance, or a plain function ``fn(group, ctx) -> scores``."""
+
+
+@hookspec
+def vitslim_testbeds() -> list:
+    """Return quality testbeds (instances of :class:`vitslim.testbed.Testbed`): a trained teacher with
+    the data and the metrics that measure whether a compressed student keeps what it knows."""

@@ -9,11 +9,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class StageProgress:
-    """Shows one bar per epoch and a line per finished epoch; silent when ``enabled`` is False."""
+    """Shows one bar per epoch and a line per finished epoch (at most one per ``log_every`` seconds,
+    and each stage's last); silent when ``enabled`` is False."""
 
-    def __init__(self, enabled: bool = True, console: Console | None = None):
+    def __init__(self, enabled: bool = True, console: Console | None = None, log_every: float = 10.0):
         self.enabled = enabled
         self.console = console or Console(stderr=True)
+        self.log_every = log_every  # seconds between epoch lines (many short epochs print few lines)
+        self._logged_at = -float("inf")
 
     def status(self, text: str):
         return self.console.status(text) if self.enabled else nullcontext()
@@ -49,9 +52,13 @@ class StageProgress:
 
             yield tick
 
-    def log(self, record: dict) -> None:
-        if not self.enabled:
+    def log(self, record: dict, force: bool = False) -> None:
+        """One line for a finished epoch, unless one was printed less than ``log_every`` s ago."""
+        import time
+
+        if not self.enabled or not (force or time.monotonic() - self._logged_at >= self.log_every):
             return
+        self._logged_at = time.monotonic()
         terms = " ".join(f"{k} {v:.5f}" for k, v in record["train"].items())
         self.console.print(f"{record['stage']} epoch {record['epoch'] + 1}: {terms} | val {record['val_output_mse']:.6f} "
                            f"| lr {record['lr']:.2e}", highlight=False)

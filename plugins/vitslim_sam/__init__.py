@@ -8,3 +8,10 @@ from .family import SamFamily
 @hookimpl
 def vitslim_families():
     return [SamFamily()]
+
+
+@hookimpl
+def vitslim_testbeds():
+    from .testbed import ShapesTestbed
+
+    return [ShapesTestbed()]

@@ -9,34 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """Decode a COCO run-length encoding (compressed string or list counts) to an (h, w) bool mask."""
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, str):  # COCO's compact string form: 5-bit groups, continuation bit 0x20
-        values, i, raw = [], 0, counts.encode()
-        while i < len(raw):
-            x, k, more = 0, 0, True
-            while more:
-                c = raw[i] - 48
-                x |= (c & 0x1F) << (5 * k)
-                more = bool(c & 0x20)
-                i += 1
-                k += 1
-                if not more and (c & 0x10):
-                    x |= -1 << (5 * k)
-            if len(values) > 2:
-                x += values[-2]
-            values.append(x)
-        counts = values
-    flat = np.zeros(h * w, dtype=bool)
-    pos, val = 0, False
-    for n in counts:
-        flat[pos:pos + n] = val
-        pos += n
-        val = not val
-    return flat.reshape(w, h).T  # column-major
+from .rle import rle_to_mask
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -8,3 +8,10 @@ from .family import TimmFamily
 @hookimpl
 def vitslim_families():
     return [TimmFamily()]
+
+
+@hookimpl
+def vitslim_testbeds():
+    from .digits import DigitsTestbed
+
+    return [DigitsTestbed()]

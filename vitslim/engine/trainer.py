@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..structure import Structure
+from .augment import NONE, Augment
 from .losses import OUTPUT, Term, term_loss
 from .taps import tap_points, tapped
 
@@ -29,6 +30,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere | fp32 | bf16
     num_workers: int = 0
     micro_batch: int = 0  # images per forward/backward within a batch; 0: auto (1 on CPU, whole batch on GPU)
+    augment: Augment = NONE  # views made of each batch; teacher and student see the same one
 
     def micro(self, n: int) -> int:
         if self.micro_batch > 0:
@@ -108,7 +110,7 @@ class StageLoss:
 
 
 def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data: Dataset, epoch: int,
-                optimizer: torch.optim.Optimizer, cfg: TrainConfig, progress=None) -> dict[str, float]:
+                optimizer: torch.optim.Optimizer, cfg: TrainConfig, progress=None, on_step=None) -> dict[str, float]:
     """One epoch over ``data`` in a seeded order; returns mean loss terms. ``trainable`` is the module
     whose gradients are synchronised (the DDP wrapper of the student's encoder, or the encoder)."""
     rank, size = world()
@@ -122,6 +124,8 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
     n_batches = len(loader)
     for i, x in enumerate(loader):
         x = x.to(cfg.device, non_blocking=True)
+        if cfg.augment.active:  # seeded per (epoch, batch, rank): a resumed run makes the same views
+            x = cfg.augment(x, torch.Generator().manual_seed(hash((cfg.seed, epoch, i, rank)) % 2**63))
         last_of_step = (i + 1) % cfg.accum == 0 or i + 1 == n_batches
         # micro-batches weighted by their share of the batch: the same gradient as the whole batch at once
         chunks = x.split(cfg.micro(len(x)))
@@ -141,6 +145,8 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
         if last_of_step:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step()
         for k, v in {"loss": float(value), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1

@@ -1,0 +1,128 @@
+"""Quality testbeds: a teacher trained on real data, its images, and metrics against ground truth.
+
+Random weights prove the mechanics of compression, not its point: that a *trained* model compressed
+with a little data keeps what it knows. A testbed trains a small teacher on data a package ships
+(seeded, once per machine, cached under :func:`vitslim.weights.cache_dir`), and scores students on
+held-out data. ``benchmarks/quality.py`` runs every installed testbed; families contribute theirs
+through the ``vitslim_testbeds`` hook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+
+class Testbed:
+    """A trained teacher, its training images, and held-out metrics.
+
+    Subclasses set ``name``, ``metric`` (the headline key of :meth:`score`) and ``recipe`` (the
+    settings :meth:`train_teacher` uses by default; they key the cache), and implement the methods.
+    """
+
+    name: str = ""
+    metric: str = ""
+    recipe: dict[str, Any] = {}
+
+    def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Training images (all, or those at ``indices``), preprocessed for the teacher's encoder:
+        (N, C, H, W)."""
+        raise NotImplementedError
+
+    def num_train(self) -> int:
+        """How many training images there are."""
+        raise NotImplementedError
+
+    def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+        """Train a teacher from scratch (``recipe`` overrides :attr:`recipe`, e.g. fewer epochs in tests)."""
+        raise NotImplementedError
+
+    def score(self, student: nn.Module, teacher: nn.Module | None = None) -> dict[str, float]:
+        """Held-out metrics of ``student`` (against ground truth, and against ``teacher`` when given)."""
+        raise NotImplementedError
+
+    def supervised_loss(self, teacher: nn.Module):
+        """A ``loss_fn(encoder_output, inputs)`` from the ground truth of training images (found by their
+        pixels), for the ``taylor`` criterion; None if the testbed has none."""
+        return None
+
+    def subset(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` training images picked with ``seed`` (the low-data regime: 1% is ``num_train() // 100``)."""
+        total = self.num_train()
+        n = min(count, total)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        return self.train_images(order[:n].sort().values)
+
+    def teacher(self, seed: int = 0, cache: bool = True, progress: Any = None) -> nn.Module:
+        """The trained teacher: read from the cache, or trained (and cached) on first use."""
+        from .modelfile import load, save
+        from .weights import cache_dir
+
+        key = json.dumps({"testbed": self.name, "seed": seed, "recipe": self.recipe,
+                          "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+        path = cache_dir() / "testbeds" / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if cache and path.is_file():
+            return load(path)
+        started = time.perf_counter()
+        model = self.train_teacher(seed=seed, progress=progress)
+        seconds = time.perf_counter() - started
+        from .info import add_history
+
+        add_history(model, {"step": "train", "testbed": self.name, "seed": seed, "recipe": self.recipe,
+                            "seconds": round(seconds, 1)})
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(model, path)
+        return model
+
+
+class LabelLookup:
+    """Finds the training record of an input image by its exact pixels (criteria see only inputs)."""
+
+    def __init__(self, images, records: list):
+        """``images``: an iterable of (C, H, W) inputs, matched in order with ``records``."""
+        self.index = {self.key(x): r for x, r in zip(images, records)}
+
+    @staticmethod
+    def key(x: torch.Tensor) -> bytes:
+        return hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+
+    def __call__(self, batch: torch.Tensor) -> list:
+        try:
+            return [self.index[self.key(x)] for x in batch]
+        except KeyError:
+            raise ValueError("supervised loss: an input is not one of the testbed's training images") from None
+
+
+def testbeds() -> dict[str, Testbed]:
+    """Every installed testbed, by name."""
+    from .registry import plugin_manager
+
+    return {t.name: t for result in plugin_manager().hook.vitslim_testbeds() for t in result}
+
+
+def get_testbed(name: str) -> Testbed:
+    found = testbeds()
+    if name not in found:
+        raise UsageError(f"unknown testbed '{name}': choose one of {', '.join(sorted(found)) or '(none installed)'}")
+    return found[name]
+
+
+def teacher_seconds(model: nn.Module) -> float | None:
+    """How long the teacher took to train, from its provenance."""
+    from .info import get_info
+
+    for step in (get_info(model) or {}).get("history", []):
+        if step.get("step") == "train":
+            return step.get("seconds")
+    return None
+
+
