@@ -11,6 +11,7 @@ from vitslim.engine.schedules import build_schedule
 from vitslim.engine.taps import BLOCK_OUTPUTS, BOTTLENECKS, tap_points, tapped
 from vitslim.engine.trainer import StageLoss
 from vitslim.errors import UsageError
+from vitslim.info import get_info
 from vitslim.registry import family_of
 
 from .conftest import resize_batch
@@ -22,7 +23,7 @@ def sam_images(photos):
 
 
 def _train_losses(model, key="output"):
-    log = model._vitslim_info["history"][-1]["log"]
+    log = get_info(model)["history"][-1]["log"]
     stages = {}
     for r in log:
         stages.setdefault(r["stage"], []).append(r["train"][key])
@@ -109,31 +110,41 @@ def test_dynamic_weights():
             build_schedule(bad, 0.5, 2)
 
 
+def _stop_after(stage_name: str, epoch: int):
+    """An ``on_epoch`` callback that presses Ctrl-C after the given epoch (its checkpoint written)."""
+    def hook(record):
+        if (record["stage"], record["epoch"]) == (stage_name, epoch):
+            raise KeyboardInterrupt
+    return hook
+
+
 def test_resume_equals_uninterrupted(tiny_timm, photos, tmp_path, monkeypatch):
-    import vitslim.compression as engine
+    import vitslim.engine.stage as stage_module
+    from vitslim.compression import Interrupted
 
     x = resize_batch(photos, 64).repeat(2, 1, 1, 1)
-    kw = dict(ratio=0.5, data=x, epochs=2, batch_size=2, lr=1e-3, importance_batches=2, progress=False)
+    kw = dict(ratio=0.5, data=x, epochs=2, batch_size=2, lr=1e-3, importance_batches=2, progress=False,
+              checkpoint_every=0)
     full = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "a", **kw)
     epochs_run = []
-    real_train_epoch = engine.train_epoch
+    real_train_epoch = stage_module.train_epoch
 
     def counting(*args, **kwargs):
         epochs_run.append(args[4])
         return real_train_epoch(*args, **kwargs)
 
-    for stop, left in [((0, 0), 3), ((0, 1), 2), ((1, 0), 1)]:
+    for stop, left in [(("embedding", 0), 3), (("embedding", 1), 2), (("bottleneck", 0), 1)]:
         wd = tmp_path / f"b{stop}"
-        with pytest.raises(KeyboardInterrupt):
-            vitslim.compress(copy.deepcopy(tiny_timm), workdir=wd, stop_after=stop, **kw)
-        monkeypatch.setattr(engine, "train_epoch", counting)
+        with pytest.raises(Interrupted, match=f"stage {1 if stop[0] == 'embedding' else 2} epoch {stop[1] + 1} is kept"):
+            vitslim.compress(copy.deepcopy(tiny_timm), workdir=wd, on_epoch=_stop_after(*stop), **kw)
+        monkeypatch.setattr(stage_module, "train_epoch", counting)
         epochs_run.clear()
         resumed = vitslim.compress(copy.deepcopy(tiny_timm), workdir=wd, resume=True, **kw)
-        monkeypatch.setattr(engine, "train_epoch", real_train_epoch)
+        monkeypatch.setattr(stage_module, "train_epoch", real_train_epoch)
         assert len(epochs_run) == left  # only the epochs after the checkpoint were trained again
         for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
             assert torch.equal(a, b), (stop, k)
-        assert len(resumed._vitslim_info["history"][-1]["log"]) == 4
+        assert len(get_info(resumed)["history"][-1]["log"]) == 4
 
 
 def test_resume_without_checkpoint(tiny_timm, tmp_path):
@@ -161,8 +172,8 @@ def test_fused_attention_training_matches_plain(tiny_sam, sam_images, tmp_path):
     assert isinstance(fast.image_encoder.blocks[0].attn, FusedAttention)
     assert not isinstance(plain.image_encoder.blocks[0].attn, FusedAttention)
     assert vitslim.describe(fast).widths() == vitslim.describe(plain).widths()
-    log_f = fast._vitslim_info["history"][-1]["log"]
-    log_p = plain._vitslim_info["history"][-1]["log"]
+    log_f = get_info(fast)["history"][-1]["log"]
+    log_p = get_info(plain)["history"][-1]["log"]
     for rf, rp in zip(log_f, log_p):
         assert rf["train"]["loss"] == pytest.approx(rp["train"]["loss"], rel=1e-5)
     # Adam turns 1e-8 gradient differences into up to ~1e-4 weight differences after a few steps; a

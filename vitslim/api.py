@@ -5,29 +5,47 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import cost, modelfile
+from .errors import UsageError
 from .info import get_info
 from .registry import family_for_name, family_of
 from .structure import Structure
 
 
-def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | None = None, **config: Any) -> nn.Module:
+def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
+           seed: int | None = None, **config: Any) -> nn.Module:
     """Build a model by name (``"sam-b"``, ``"timm:vit_base_patch16_224"``).
 
     ``pretrained`` loads the official weights (downloaded once, checksum verified); ``checkpoint`` loads
-    a local weights file instead. ``config`` overrides architecture arguments (e.g. ``depth=2`` for tests).
+    a local weights file instead. ``seed`` makes the random initialisation reproducible (without it,
+    torch's global generator is used). ``config`` overrides architecture arguments (e.g. ``depth=2``).
     """
-    return family_for_name(name).create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
+    family = family_for_name(name)
+    if seed is None:
+        return family.create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return family.create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
 
 
-def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str | None = None) -> nn.Module:
-    """A saved vitslim file (if ``spec`` is a path to one) or a model built by name."""
+def is_model_file(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a saved model file rather than a model name."""
     text = str(spec)
-    if os.path.exists(text) or text.endswith((".pt", ".pth")):
-        return modelfile.load(text)
-    return create(text, pretrained=pretrained, checkpoint=checkpoint)
+    return os.path.exists(text) or text.endswith((".pt", ".pth"))
+
+
+def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str | None = None,
+               seed: int | None = None) -> nn.Module:
+    """A saved vitslim file (if ``spec`` is a path to one) or a model built by name (random weights
+    seeded with ``seed`` when neither ``pretrained`` nor ``checkpoint``)."""
+    if is_model_file(spec):
+        if checkpoint is not None:
+            raise UsageError(f"--checkpoint applies to model names, and {spec} is a model file")
+        return modelfile.load(str(spec))
+    return create(str(spec), pretrained=pretrained, checkpoint=checkpoint, seed=seed)
 
 
 def optimize(model: nn.Module, kernel: str = "auto") -> nn.Module:
@@ -63,7 +81,7 @@ def inspect(model: nn.Module | str | os.PathLike, macs: bool = True) -> dict:
     source: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
-        if os.path.exists(spec) or spec.endswith((".pt", ".pth")):
+        if is_model_file(spec):
             payload = modelfile.read(spec)  # read once: its version for the report, its model to inspect
             source = {"file": spec, "vitslim_version": payload["vitslim_version"]}
             model = modelfile.from_payload(payload, spec).eval()

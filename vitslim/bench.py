@@ -35,10 +35,10 @@ def cpu_name() -> str:
 
 def build(spec: str, config: dict | None = None) -> nn.Module:
     """The model a spec names (see module docstring)."""
-    from .api import create, open_model
+    from .api import create, is_model_file, open_model
     from .pruning import prune
 
-    if os.path.exists(spec) or spec.endswith((".pt", ".pth")):
+    if is_model_file(spec):
         return open_model(spec)
     name, _, pruning = spec.partition("@")
     model = create(name, pretrained=False, **(config or {}))

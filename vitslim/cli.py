@@ -1,30 +1,69 @@
-"""The ``vitslim`` command line: a thin typer layer over the Python API."""
+"""The ``vitslim`` command line: parse, call the Python API, display. Nothing else lives here."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import VitslimError
+from .errors import UsageError, VitslimError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Structured compression of Vision Transformers (SlimSAM's alternate slimming).",
 )
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+# -- options shared by several commands (one declaration each) ----------------------------------------
+ModelArg = Annotated[str, typer.Argument(help="A model name (sam-b, timm:vit_base_patch16_224) or a saved file.")]
+Ratio = Annotated[float, typer.Option("--ratio", metavar="R", help="Fraction of channels to remove, in [0, 1).")]
+Data = Annotated[Optional[str], typer.Option("--data", metavar="DIR",
+                 help="Folder of images (recursive jpg/png); default: 10 scikit-image photos.")]
+Checkpoint = Annotated[Optional[str], typer.Option("--checkpoint", metavar="PATH",
+                       help="Local weights file for a model name, instead of a download.")]
+RandomWeights = Annotated[bool, typer.Option("--random-weights", help="Random weights for a model name (sizes, timing, tests).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the criterion, the split, the shuffling and random weights.")]
+Criterion = Annotated[str, typer.Option("--criterion", help="Importance criterion: disturbed_taylor, magnitude, random, or a plugin's.")]
+Ranking = Annotated[str, typer.Option("--ranking", help="global (each block its own width) | uniform")]
+Attention = Annotated[str, typer.Option("--attention", help="head_dim | heads (remove whole heads)")]
+RoundTo = Annotated[int, typer.Option("--round-to", metavar="N", help="Round kept widths to a multiple of N.")]
+NoiseSigma = Annotated[float, typer.Option("--noise-sigma", help="Disturbed Taylor noise std (0.005-0.05 works).")]
+ImportanceBatches = Annotated[Optional[int], typer.Option("--importance-batches", metavar="N",
+                              help="Calibration batches for importance (default: all).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an output file even if it is an input.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"vitslim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Structured compression of Vision Transformers (SlimSAM's alternate slimming)."""
+
+
+# -- display helpers ------------------------------------------------------------------------------------
 def _fmt(n: float, unit: str = "") -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+def _value(v) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
 def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) -> None:
@@ -40,13 +79,61 @@ def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) ->
     console.print(table)
 
 
-def _value(v) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+def _warn_samples(data: Optional[str]) -> None:
+    if data is None:
+        err_console.print("[yellow]warning:[/yellow] no --data given: using scikit-image's 10 sample photos; "
+                          "real compression wants thousands of images", highlight=False)
 
 
+def _history_line(step: dict) -> str:
+    """One readable line per provenance step (``--json`` keeps everything)."""
+    kind = step.get("step")
+    if kind == "prune":
+        crit = step.get("criterion", {}).get("name")
+        return (f"prune {step.get('part')} by {step.get('ratio')} ({crit}, {step.get('ranking')} ranking, "
+                f"{step.get('attention')}) in {step.get('seconds', {}).get('total')} s")
+    if kind == "distill":
+        stages = sorted({r["stage"] for r in step.get("log", [])}, key=[r["stage"] for r in step.get("log", [])].index)
+        images = step.get("images", {})
+        return (f"distill: {step.get('schedule')} to {step.get('ratio')} ({', '.join(stages)}), "
+                f"{step.get('epochs')} epochs per stage, lr {step.get('lr'):.2g} {step.get('lr_schedule')}, "
+                f"augment {step.get('augment')}, {images.get('train')} + {images.get('val')} images, "
+                f"{step.get('seconds')} s")
+    if kind == "train":
+        return f"trained as the {step.get('testbed')} testbed teacher in {step.get('seconds')} s"
+    return json.dumps(step)
+
+
+# -- output paths -------------------------------------------------------------------------------------------
+def _output(out: Optional[str], default_name: str, inputs: list[Optional[str]], force: bool, flag: str = "--out") -> Path:
+    """Where to write: ``out`` (a trailing slash or an existing folder means a folder, created if
+    needed, holding ``default_name``), never one of ``inputs`` unless ``force``."""
+    if out is None:
+        target = Path(default_name)
+    elif out.endswith(("/", "\\")) or Path(out).is_dir():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        target = Path(out) / default_name
+    else:
+        target = Path(out)
+    for item in inputs:
+        if item and Path(item).exists() and target.exists() and target.resolve() == Path(item).resolve() and not force:
+            raise UsageError(f"{flag} {target} is an input of this command: write elsewhere, or pass --force "
+                             f"to replace it")
+    from .modelfile import check_writable
+
+    return check_writable(target)
+
+
+def _stem(model: str) -> str:
+    from .api import is_model_file
+
+    return Path(model).stem if is_model_file(model) else model.split(":")[-1]
+
+
+# -- commands ------------------------------------------------------------------------------------------------
 @app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List installed plugins and the model families and criteria each provides."""
+def plugins(as_json: AsJson = False) -> None:
+    """List installed plugins and the model families, criteria and testbeds each provides."""
     from .registry import plugins as list_plugins
 
     rows = list_plugins()
@@ -63,10 +150,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
 
 
 @app.command()
-def inspect(
-    model: str = typer.Argument(..., help="A model name (sam-b, timm:vit_base_patch16_224) or a saved file."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-) -> None:
+def inspect(model: ModelArg, as_json: AsJson = False) -> None:
     """Per-block widths, parameters and MACs of a model or a saved file (no weights downloaded)."""
     from .api import inspect as inspect_model
 
@@ -74,7 +158,7 @@ def inspect(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    title = f"{report['name']} ({report['family']})" + (f" — {report['file']}" if "file" in report else "")
+    title = f"{report['name']} ({report['family']})" + (f" - {report['file']}" if "file" in report else "")
     table = Table(title=title)
     for col in ("block", "heads", "head dim", "attn width", "MLP hidden"):
         table.add_column(col, justify="right")
@@ -84,250 +168,188 @@ def inspect(
     console.print(f"embedding width: {report['widths']['embed_dim']}   input: {report['input_shape']}")
     for part in ("encoder", "model"):
         r = report[part]
-        console.print(
-            f"{part:8s} params {_fmt(r['params'])}   MACs {_fmt(r['macs'])} (modules, torch-pruning)   "
-            f"{_fmt(r['macs_with_attention'])} (with attention matmuls)"
-        )
+        console.print(f"{part:8s} params {_fmt(r['params'])}   MACs {_fmt(r['macs'])} (modules, torch-pruning)   "
+                      f"{_fmt(r['macs_with_attention'])} (with attention matmuls)")
     for step in report["history"]:
-        console.print(f"history: {json.dumps(step)}")
-
-
-def calibration_data(model, folder: Optional[str], batch_size: int = 1):
-    """Preprocessed image batches for importance estimation (a folder, or the bundled samples)."""
-    from torch.utils.data import DataLoader
-
-    from .data import image_dataset
-    from .registry import family_of
-
-    family = family_of(model)
-    if folder is None:
-        err_console.print("[yellow]warning:[/yellow] no --data given: using scikit-image's 10 sample photos; "
-                          "real compression wants thousands of images", highlight=False)
-    ds = image_dataset(folder, lambda im: family.preprocess(model, im))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False)
+        console.print(f"history: {_history_line(step)}", highlight=False)
 
 
 @app.command()
 def prune(
-    model: str = typer.Argument(..., help="Model name or saved file."),
-    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels to remove, in [0, 1)."),
-    out: str = typer.Option(..., "--out", help="Where to write the pruned model."),
-    part: str = typer.Option("both", help="embedding | bottleneck | both"),
-    criterion: str = typer.Option("disturbed_taylor", help="Importance criterion (built-in or a plugin's)."),
-    ranking: str = typer.Option("global", help="global (per-block widths) | uniform"),
-    attention: str = typer.Option("head_dim", help="head_dim | heads (remove whole heads)"),
-    round_to: int = typer.Option(1, "--round-to", help="Round kept widths to a multiple of this."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of calibration images (default: samples)."),
-    importance_batches: Optional[int] = typer.Option(None, "--importance-batches", help="Batches used for importance."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per importance batch."),
-    noise_sigma: float = typer.Option(0.01, "--noise-sigma", help="Disturbed Taylor noise std."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local weights instead of a download."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Skip weights (for sizes and timing)."),
+    model: ModelArg,
+    ratio: Ratio,
+    out: Annotated[str, typer.Option("--out", metavar="FILE", help="Where to write the pruned model (a folder: "
+                                     "<model>-pruned<R>.pt inside).")],
+    part: Annotated[str, typer.Option("--part", help="embedding | bottleneck | both")] = "both",
+    criterion: Criterion = "disturbed_taylor",
+    ranking: Ranking = "global",
+    attention: Attention = "head_dim",
+    round_to: RoundTo = 1,
+    data: Data = None,
+    importance_batches: ImportanceBatches = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per importance batch.")] = 1,
+    noise_sigma: NoiseSigma = 0.01,
+    seed: Seed = 0,
+    checkpoint: Checkpoint = None,
+    random_weights: RandomWeights = False,
+    force: Force = False,
 ) -> None:
     """Prune a model once (no distillation) and save it."""
     from .api import open_model, save
-    from .modelfile import check_writable
+    from .data import as_dataset
+    from .info import get_info
+    from .progress import StageProgress
     from .pruning import check_options, prune as prune_model, resolve_criterion
 
-    check_writable(out)  # fail on bad input before any slow work
-    check_options(ratio, part, ranking, attention, round_to)
+    check_options(ratio, part, ranking, attention, round_to)  # every cheap check before the slow work
     crit = resolve_criterion(criterion, sigma=noise_sigma, batches=importance_batches, seed=seed)
-    if data is not None:
-        from .data import find_images
+    path = _output(out, f"{_stem(model)}-pruned{round(ratio * 100)}.pt", [model, checkpoint], force)
+    if crit.needs_data:
+        if data is not None:
+            from .data import find_images
 
-        find_images(data)
-    m = open_model(model, pretrained=not random_weights, checkpoint=checkpoint)
-    batches = calibration_data(m, data, batch_size) if crit.needs_data else None
-    from .progress import StageProgress
+            find_images(data)
+        _warn_samples(data)
+    m = open_model(model, pretrained=not random_weights, checkpoint=checkpoint, seed=seed)
+    batches = None
+    if crit.needs_data:
+        from torch.utils.data import DataLoader
 
+        from .registry import family_of
+
+        family = family_of(m)
+        batches = DataLoader(as_dataset(data, lambda im: family.preprocess(m, im)), batch_size=batch_size)
     with StageProgress(console=err_console).bar(f"{crit.name} importance") as tick:
         pruned = prune_model(m, ratio, part=part, importance=crit, ranking=ranking, data=batches,
                              attention=attention, round_to=round_to, seed=seed, progress=tick)
-    path = save(pruned, out)
-    from .info import get_info
-
+    save(pruned, path)
     step = get_info(pruned)["history"][-1]
     console.print(f"wrote {path}  (importance {step['seconds']['importance']} s, surgery {step['seconds']['surgery']} s)")
 
 
-def _default_out(model: str, ratio: float) -> str:
-    from pathlib import Path
-
-    stem = Path(model).stem if model.endswith((".pt", ".pth")) else model.split(":")[-1]
-    return f"{stem}-slim{round(ratio * 100)}.pt"
-
-
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="Model name (sam-b, timm:vit_base_patch16_224) or saved file."),
-    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels to remove, in [0, 1)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of images (recursive jpg/png); default: samples."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output file (default: <model>-slim<ratio>.pt)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local weights instead of a download."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Start from random weights (testing)."),
-    criterion: str = typer.Option("disturbed_taylor", "--criterion", help="Importance criterion."),
-    ranking: str = typer.Option("global", "--ranking", help="global | uniform"),
-    attention: str = typer.Option("head_dim", "--attention", help="head_dim | heads"),
-    schedule: str = typer.Option("alternate", "--schedule", help="alternate | one-shot | iterative:K"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per stage (alternate); default: enough for 2000 steps per stage."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per optimizer step."),
-    accum: int = typer.Option(1, "--accum", help="Gradient accumulation steps."),
-    micro_batch: int = typer.Option(0, "--micro-batch", help="Images per forward/backward (0: 1 on CPU, batch on GPU)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 0.1 / embedding width)."),
-    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine | plateau (SlimSAM's) | constant"),
-    augment: str = typer.Option("default", "--augment", help="Views shared by teacher and student: default | none | e.g. flip,crop=0.5,mixup"),
-    noise_sigma: float = typer.Option(0.01, "--noise-sigma", help="Disturbed Taylor noise std."),
-    importance_batches: Optional[int] = typer.Option(None, "--importance-batches", help="Batches for importance (default: all)."),
-    round_to: int = typer.Option(1, "--round-to"),
-    seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPU) | fp32 | bf16"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run kept in --workdir."),
-    workdir: str = typer.Option("vitslim-work", "--workdir", help="Where epoch checkpoints are kept."),
-    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the validation split at the end."),
-    fast: bool = typer.Option(True, "--fast/--no-fast", help="Fused attention while distilling (same numbers)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    model: ModelArg,
+    ratio: Ratio,
+    data: Data = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE",
+                   help="Output file (default: <model>-slim<R%>.pt; a folder: that name inside).")] = None,
+    checkpoint: Checkpoint = None,
+    random_weights: RandomWeights = False,
+    criterion: Criterion = "disturbed_taylor",
+    ranking: Ranking = "global",
+    attention: Attention = "head_dim",
+    schedule: Annotated[str, typer.Option("--schedule", help="alternate (SlimSAM) | one-shot | iterative:K")] = "alternate",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per stage of alternate (default: enough "
+                      "for 2000 optimizer steps per stage).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimizer step.")] = 4,
+    accum: Annotated[int, typer.Option("--accum", help="Gradient accumulation steps.")] = 1,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Images per forward/backward (0: 1 on CPU, "
+                           "the batch on GPU).")] = 0,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: 0.1 / embedding width).")] = None,
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine | plateau (SlimSAM's) | constant")] = "cosine",
+    augment: Annotated[str, typer.Option("--augment", help="Views shared by teacher and student: default | none "
+                       "| e.g. flip,crop=0.5,mixup")] = "default",
+    noise_sigma: NoiseSigma = 0.01,
+    importance_batches: ImportanceBatches = None,
+    round_to: RoundTo = 1,
+    seed: Seed = 0,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on GPU) | fp32 | bf16")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run whose checkpoint is in --workdir.")] = False,
+    workdir: Annotated[Optional[str], typer.Option("--workdir", metavar="DIR",
+                       help="Epoch checkpoints (default: <out>.work).")] = None,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate on the validation split at the end.")] = True,
+    fast: Annotated[bool, typer.Option("--fast/--no-fast", help="Fused attention while distilling (same numbers).")] = True,
+    force: Force = False,
+    as_json: AsJson = False,
 ) -> None:
     """Compress a model: prune + distil in stages (SlimSAM's alternate slimming by default)."""
-    import time
-    from pathlib import Path
+    from .api import open_model
+    from .compression import compress_run
+    from .engine.options import PruneOptions, TrainOptions
+    from .evaluation import evaluate as evaluate_model
+    from .pruning import check_options
 
-    from .api import inspect as inspect_model, open_model
-    from .compression import compress as run_compress, dataset_for, split
-    from .data import find_images
-    from .engine.schedules import build_schedule
-    from .errors import UsageError
-    from .modelfile import check_writable
-    from .pruning import check_options, resolve_criterion
-
-    out = out or _default_out(model, ratio)
-    check_writable(out)  # every cheap check before the slow work
-    check_options(ratio, "both", ranking, attention, round_to)
-    build_schedule(schedule, ratio, epochs or 1)
-    from .compression import check_training_options
-    from .engine.augment import parse_augment
-
-    check_training_options(lr, lr_schedule, 1)
-    parse_augment(augment)
-    resolve_criterion(criterion, sigma=noise_sigma)
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"unknown precision '{precision}': choose auto, fp32 or bf16")
-    if batch_size < 1 or accum < 1:
-        raise UsageError("--batch-size and --accum must be >= 1")
-    if resume and not (Path(workdir) / "checkpoint.pt").is_file():
-        raise UsageError(f"nothing to resume in {workdir} (no checkpoint.pt): run without --resume")
+    check_options(ratio, "both", ranking, attention, round_to)  # every check before the slow work
+    prune_opts = PruneOptions(importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
+                              sigma=noise_sigma, importance_batches=importance_batches).validate()
+    train_opts = TrainOptions(schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
+                              micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
+                              device=device, precision=precision, fast=fast).validate(ratio)
+    path = _output(out, f"{_stem(model)}-slim{round(ratio * 100)}.pt", [model, checkpoint], force)
     if data is not None:
+        from .data import find_images
+
         find_images(data)
-    else:
-        err_console.print("[yellow]warning:[/yellow] no --data given: using scikit-image's 10 sample photos; "
-                          "real compression wants thousands of images", highlight=False)
-    started = time.perf_counter()
-    teacher = open_model(model, pretrained=not random_weights, checkpoint=checkpoint)
-    before = inspect_model(teacher)
+    _warn_samples(data)
+    teacher = open_model(model, pretrained=not random_weights, checkpoint=checkpoint, seed=seed)
+    options = {**prune_opts.__dict__, **train_opts.__dict__}
     try:
-        student = run_compress(
-            teacher, ratio, data=data, schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
-            lr=lr, lr_schedule=lr_schedule, augment=augment, importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
-            sigma=noise_sigma, importance_batches=importance_batches, seed=seed, device=device,
-            precision=precision, workdir=workdir, resume=resume, out=out, micro_batch=micro_batch, fast=fast,
-        )
-    except KeyboardInterrupt:
-        raise VitslimError(f"interrupted: the last epoch checkpoint is kept in {workdir}; continue with --resume") from None
+        result = compress_run(teacher, ratio, data=data, workdir=workdir, resume=resume, out=path, **options)
     except RuntimeError as exc:
         text = str(exc).lower()
         if "out of memory" in text or "not enough memory" in text or type(exc).__name__ == "OutOfMemoryError":
             raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum") from None
         raise
-    after = inspect_model(out)
-    summary = {"model": model, "ratio": ratio, "out": out, "seconds": None,
-               "before": {k: before["model"][k] for k in ("params", "macs")},
-               "after": {k: after["model"][k] for k in ("params", "macs")},
-               "stages": {}}
-    for rec in after["history"][-1]["log"]:
-        summary["stages"][rec["stage"]] = {"train_loss": rec["train"]["loss"], "val_output_mse": rec["val_output_mse"]}
-    if evaluate:
-        from .registry import family_of
-
-        ds = dataset_for(teacher, data)
-        _, val_idx = split(len(ds), 0.1, seed)
-        images = [ds.images[i] for i in val_idx]
-        summary["eval"] = _evaluate(family_of(teacher), student.cpu(), teacher.cpu(), images)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary = {"model": model, "ratio": ratio, "out": str(path), **result.summary()}
+    if evaluate and result.val_images:
+        summary["eval"] = evaluate_model(result.student, teacher.cpu(), images=result.val_images)
     rows = [("params", f"{_fmt(summary['before']['params'])} -> {_fmt(summary['after']['params'])}"),
             ("MACs (modules)", f"{_fmt(summary['before']['macs'])} -> {_fmt(summary['after']['macs'])}")]
-    rows += [(f"{stage}: last train loss / val MSE", f"{rec['train_loss']:.5f} / {rec['val_output_mse']:.6f}")
-             for stage, rec in summary["stages"].items()]
+    rows += [(f"{stage}: epochs, last train loss / val MSE", f"{rec['epochs']}, {rec['train_loss']:.5f} / "
+              f"{rec['val_output_mse']:.6f}") for stage, rec in summary["stages"].items()]
     rows += [(f"eval {k}", _value(v)) for k, v in (summary.get("eval") or {}).items()]
-    rows += [("time", f"{summary['seconds']} s"), ("output", out)]
+    rows += [("time", f"{summary['seconds']} s"), ("output", str(path))]
     _show(summary, as_json, f"vitslim compress {model} --ratio {ratio}", rows)
-
-
-def _evaluate(family, student, teacher, images, annotations=None) -> dict:
-    from pathlib import Path
-
-    from PIL import Image
-
-    pil, anns = [], []
-    for item in images:
-        if isinstance(item, (str, Path)):
-            with Image.open(item) as im:
-                pil.append(im.convert("RGB"))
-            anns.append(Path(item).with_suffix(".json"))
-        else:
-            pil.append(item)
-            anns.append(None)
-    return family.evaluate(student, teacher, pil, anns)
 
 
 @app.command("eval")
 def eval_cmd(
-    student: str = typer.Argument(..., help="A saved (compressed) model file, or a model name."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher model (default: the student's base model)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of images (default: samples)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Teacher weights file."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Teacher with random weights (testing)."),
-    limit: int = typer.Option(0, "--limit", help="Evaluate at most this many images (0: all)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    student: Annotated[str, typer.Argument(help="A saved (compressed) model file, or a model name.")],
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="Teacher model (default: the student's base model).")] = None,
+    data: Data = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", metavar="PATH", help="Teacher weights file.")] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Teacher (and a named student) with "
+                              "random weights from --seed.")] = False,
+    seed: Seed = 0,
+    limit: Annotated[int, typer.Option("--limit", help="Evaluate at most this many images (0: all).")] = 0,
+    as_json: AsJson = False,
 ) -> None:
     """Label-free evaluation: SAM masks vs the teacher's (and SA-1B ground truth if present);
     timm top-1 agreement and output cosine similarity."""
     from .api import open_model
-    from .data import find_images, sample_images
+    from .data import find_images
+    from .evaluation import evaluate as evaluate_model
     from .info import get_info
-    from .registry import family_of
 
-    images = sample_images() if data is None else find_images(data)
-    s = open_model(student, pretrained=not random_weights)
+    if data is not None:
+        find_images(data)
+    s = open_model(student, pretrained=not random_weights, seed=seed)
     base = teacher or (get_info(s) or {}).get("name") or student
-    t = open_model(base, pretrained=not random_weights, checkpoint=checkpoint)
-    if limit > 0:
-        images = images[:limit]
-    family = family_of(s)
-    if family_of(t).name != family.name:
-        from .errors import UsageError
-
-        raise UsageError(f"teacher {base} is not of the student's family ({family.name})")
-    with console.status(f"evaluating on {len(images)} images"):
-        result = _evaluate(family, s, t, images)
+    t = open_model(base, pretrained=not random_weights, checkpoint=checkpoint, seed=seed)
+    with console.status("evaluating"):
+        result = evaluate_model(s, t, data=data, limit=limit)
     _show(result, as_json, f"{student} vs {base}", [(k, _value(v)) for k, v in result.items()])
 
 
 @app.command()
 def bench(
-    models: list[str] = typer.Argument(..., help="Specs: sam-b, sam-b@0.77, sam-b@0.77:heads, timm:NAME@0.5, or files."),
-    batch: int = typer.Option(1, "--batch"),
-    runs: Optional[int] = typer.Option(None, "--runs", help="Timed runs (default: 50 on GPU, 3 on CPU)."),
-    warmup: int = typer.Option(1, "--warmup"),
-    fast: bool = typer.Option(False, "--fast", help="Also time the fused-attention path (vitslim.optimize)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="SAM input size override (names only)."),
-    onnxruntime: bool = typer.Option(False, "--onnxruntime", help="Also time the ONNX export in onnxruntime (CPU)."),
-    kernel: Optional[list[str]] = typer.Option(None, "--kernel", help="Also time this fused kernel (repeatable; SAM: sdpa, chunked, flex)."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture each encoder as a CUDA graph (GPU)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    models: Annotated[list[str], typer.Argument(help="Specs: sam-b, sam-b@0.77, sam-b@0.77:heads, timm:NAME@0.5, or files.")],
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward.")] = 1,
+    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs (default: 50 on GPU, 3 on CPU).")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 1,
+    fast: Annotated[bool, typer.Option("--fast", help="Also time the fused-attention path (vitslim.optimize).")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 | fp16 | bf16")] = "fp32",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size override for model names (families "
+                        "that allow it).")] = None,
+    onnxruntime: Annotated[bool, typer.Option("--onnxruntime", help="Also time the ONNX export in onnxruntime (CPU).")] = False,
+    kernel: Annotated[Optional[list[str]], typer.Option("--kernel", help="Also time this fused kernel (repeatable; SAM: "
+                      "sdpa, chunked, flex).")] = None,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="Capture each encoder as a CUDA graph (GPU).")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Encoder latency, side by side in one run; speed-ups against the first timed row."""
     from .bench import benchmark
@@ -355,27 +377,43 @@ def bench(
 
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="A saved model file or a model name."),
-    onnx: str = typer.Option(..., "--onnx", help="Output .onnx file."),
-    opset: int = typer.Option(17, "--opset"),
-    random_weights: bool = typer.Option(False, "--random-weights", help="For names: skip weights."),
+    model: ModelArg,
+    onnx: Annotated[str, typer.Option("--onnx", metavar="FILE", help="Output .onnx file.")],
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
+    random_weights: RandomWeights = False,
+    seed: Seed = 0,
+    force: Force = False,
 ) -> None:
     """Export a model's encoder (SAM: image encoder; timm: the model) to ONNX."""
     from .api import open_model
     from .export import export_onnx
-    from .modelfile import check_writable
 
-    check_writable(onnx)
-    m = open_model(model, pretrained=not random_weights)
-    with console.status(f"exporting {model} to {onnx}"):
-        path = export_onnx(m, onnx, opset=opset)
+    path = _output(onnx, f"{_stem(model)}.onnx", [model], force, flag="--onnx")
+    m = open_model(model, pretrained=not random_weights, seed=seed)
+    with console.status(f"exporting {model} to {path}"):
+        export_onnx(m, path, opset=opset)
     console.print(f"wrote {path}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app, turning known failures into one line and an exit code."""
+    import warnings
+
+    from .data import UnreadableImagesWarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # our warnings: no source lines
+        if issubclass(category, UnreadableImagesWarning):
+            err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show, warnings.showwarning = warnings.showwarning, one_line
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C inside a command into a returned exit code
+            _fail("interrupted", 130)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except VitslimError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -384,16 +422,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         name = type(exc).__name__
         if name == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
-        if name == "Abort":
-            _fail("aborted", 1)
+        if name == "Abort":  # click's word for Ctrl-C (and end of input)
+            _fail("interrupted", 130)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             _fail(exc.format_message(), exc.exit_code)
         raise
+    finally:
+        warnings.showwarning = default_show
 
 
 def _fail(message: str, code: int) -> None:
     if message:  # an empty message follows help text already shown
-            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

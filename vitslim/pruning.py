@@ -39,6 +39,9 @@ def resolve_criterion(importance: Any, **options: Any) -> C.Criterion:
             import inspect
 
             accepted = inspect.signature(entry).parameters
+            if "loss_fn" in accepted and accepted["loss_fn"].default is None and options.get("loss_fn") is None:
+                raise UsageError(f"the '{importance}' criterion needs a loss function: from Python pass "
+                                 f"importance={entry.__name__}(loss_fn=...), or use disturbed_taylor (label-free)")
             return entry(**{k: v for k, v in options.items() if k in accepted and v is not None})
         return C.FunctionCriterion(entry, importance)  # a plain fn(group, ctx) -> scores
     if callable(importance):

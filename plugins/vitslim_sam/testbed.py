@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitslim.data import load_image
 from vitslim.testbed import Testbed
 
 from .rle import rle_to_mask
@@ -48,11 +49,8 @@ def shapes_folder(split: str, count: int, root: Path | None = None) -> Path:
 @functools.lru_cache(maxsize=4)
 def load_folder(folder: Path) -> tuple[torch.Tensor, list[list[dict]]]:
     """All images of a generated folder as (N, H, W, 3) uint8, and each image's annotations."""
-    from PIL import Image
-
-    root = folder
-    files = sorted(root.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    files = sorted(folder.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))
+    images = np.stack([np.asarray(load_image(f)) for f in files])
     anns = [json.loads(f.with_suffix(".json").read_text())["annotations"] for f in files]
     return torch.from_numpy(images), anns
 
@@ -180,13 +178,11 @@ class ShapesTestbed(Testbed):
     def score(self, student: nn.Module, teacher: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
         """``vitslim eval``'s protocol on the held-out scenes: prompts from the teacher's masks (vs
         teacher), and each annotation's point and box (vs ground truth)."""
-        from PIL import Image
-
         from .evaluate import evaluate_sam
 
         root = self.folder("test")
         files = sorted(root.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))[:limit]
-        images = [Image.open(f).convert("RGB") for f in files]
+        images = [load_image(f) for f in files]
         result = evaluate_sam(student, teacher if teacher is not None else student, images,
                               [f.with_suffix(".json") for f in files])
         keys = ["miou_point_vs_gt", "miou_box_vs_gt"]

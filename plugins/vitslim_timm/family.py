@@ -17,6 +17,33 @@ from vitslim.weights import load_into, read_state_dict
 PREFIX = "timm:"
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one TCP connection, a few seconds at most)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_offline() -> None:
+    """Put huggingface_hub in offline mode for this process (it reads the setting at import)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
 class TimmFamily(Family):
     """timm ViTs (``VisionTransformer`` and friends with ``Attention`` + ``Mlp`` blocks)."""
 
@@ -35,6 +62,8 @@ class TimmFamily(Family):
         if not timm.is_model(arch):
             raise UsageError(f"unknown timm model '{arch}' (list them with `timm.list_models('vit_*')`)")
         use_hub = pretrained and checkpoint is None
+        if use_hub and not _hub_reachable():
+            _hub_offline()  # weights already in the Hugging Face cache still load; nothing retries for minutes
         try:
             model = timm.create_model(arch, pretrained=use_hub, **config)
         except TypeError as exc:
@@ -43,8 +72,8 @@ class TimmFamily(Family):
             if not use_hub:
                 raise
             raise WeightsError(
-                f"cannot fetch pretrained weights for timm:{arch} ({type(exc).__name__}): are you "
-                f"offline? Pass --checkpoint PATH, or pretrained=False for random weights"
+                f"cannot fetch pretrained weights for timm:{arch} ({type(exc).__name__}): are you offline? "
+                f"Pass --checkpoint PATH or --random-weights (Python: checkpoint=PATH or pretrained=False)"
             ) from None
         self._check(model, arch)
         if checkpoint is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -57,3 +58,12 @@ def build_schedule(schedule: str, ratio: float, epochs: int, alpha: float = 0.5)
         return [Stage(f"round{i + 1}", "both", per_round, [Term("output", OUTPUT, "original", one)], each)
                 for i in range(k)]
     raise UsageError(f"unknown schedule '{schedule}': choose alternate, one-shot or iterative:K")
+
+
+def auto_epochs(schedule: str, steps_per_epoch: int, min_steps: int) -> int:
+    """Epochs (per stage of ``alternate``: the unit every schedule shares) giving ``min_steps`` optimizer
+    steps per stage: with little data, many epochs of augmented views; from thousands of images, one."""
+    per_stage = max(1, math.ceil(min_steps / max(1, steps_per_epoch)))
+    if schedule.startswith("iterative:"):  # K rounds share 2 x epochs: each round gets 2 * epochs / K
+        per_stage = max(1, math.ceil(per_stage * int(schedule.split(":", 1)[1]) / 2))
+    return per_stage

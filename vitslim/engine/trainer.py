@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -11,42 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..structure import Structure
-from .augment import NONE, Augment
 from .losses import OUTPUT, Term, term_loss
+from .options import TrainOptions
 from .taps import tap_points, tapped
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training loop (see :func:`vitslim.compress`)."""
-
-    batch_size: int = 4
-    accum: int = 1
-    lr: float = 1e-4
-    patience: int = 3
-    factor: float = 0.5
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere | fp32 | bf16
-    num_workers: int = 0
-    micro_batch: int = 0  # images per forward/backward within a batch; 0: auto (1 on CPU, whole batch on GPU)
-    augment: Augment = NONE  # views made of each batch; teacher and student see the same one
-
-    def micro(self, n: int) -> int:
-        if self.micro_batch > 0:
-            return self.micro_batch
-        return n if torch.device(self.device).type == "cuda" else 1
-
-    def autocast(self):
-        dtype = self.amp_dtype()
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
-
-    def amp_dtype(self):
-        if self.precision == "fp32" or (self.precision == "auto" and torch.device(self.device).type != "cuda"):
-            return None
-        return torch.bfloat16
 
 
 def world() -> tuple[int, int]:
@@ -110,7 +76,7 @@ class StageLoss:
 
 
 def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data: Dataset, epoch: int,
-                optimizer: torch.optim.Optimizer, cfg: TrainConfig, progress=None, on_step=None) -> dict[str, float]:
+                optimizer: torch.optim.Optimizer, cfg: TrainOptions, progress=None, on_step=None) -> dict[str, float]:
     """One epoch over ``data`` in a seeded order; returns mean loss terms. ``trainable`` is the module
     whose gradients are synchronised (the DDP wrapper of the student's encoder, or the encoder)."""
     rank, size = world()
@@ -156,7 +122,7 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
 
 
 @torch.no_grad()
-def validate(student: nn.Module, loss: StageLoss, data: Dataset, epoch: int, cfg: TrainConfig) -> float:
+def validate(student: nn.Module, loss: StageLoss, data: Dataset, epoch: int, cfg: TrainOptions) -> float:
     """Mean MSE between the student's output and the original model's, over the validation images."""
     student.eval()
     loader = DataLoader(data, batch_size=max(1, cfg.batch_size), shuffle=False, num_workers=cfg.num_workers)

@@ -1,0 +1,184 @@
+"""A compression run: the schedule's stages in order, one working folder, resume, the final file."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from ..errors import UsageError, VitslimError
+from .checkpoint import Checkpointer, WorkdirLock, default_workdir, load_checkpoint, run_identity, set_rng_state
+from .options import PruneOptions, TrainOptions
+from .schedules import build_schedule
+from .stage import RunState, run_stage
+from .trainer import world
+
+
+class Interrupted(VitslimError):
+    """The run was stopped (Ctrl-C); ``checkpoint`` names the folder whose checkpoint can continue it."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, checkpoint: Path | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class CompressionResult:
+    """The compressed model, the held-out images (paths or PIL images, for :func:`vitslim.evaluate`;
+    empty for tensor data), and what a front end shows (:meth:`summary`)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    val_images: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """Sizes before and after, each stage's epochs and last losses, images and time."""
+        from ..api import inspect
+        from ..info import get_info
+
+        before, after = inspect(self.teacher), inspect(self.student)
+        stages: dict[str, dict] = {}
+        for rec in get_info(self.student)["history"][-1]["log"]:
+            stages[rec["stage"]] = {"epochs": rec["epoch"] + 1, "train_loss": rec["train"]["loss"],
+                                    "val_output_mse": rec["val_output_mse"]}
+        return {"before": {k: before["model"][k] for k in ("params", "macs")},
+                "after": {k: after["model"][k] for k in ("params", "macs")},
+                "stages": stages, "images": self.images, "seconds": round(self.seconds, 1)}
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split; at least one validation image and one training image."""
+    if n < 2:
+        raise UsageError(f"compression needs at least 2 images (1 for validation), got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """``requires_grad=False`` on every parameter of ``model`` while inside; the flags are restored."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def init_distributed(device: str | None) -> str:
+    """Join the process group ``torchrun`` describes (env WORLD_SIZE > 1), once; return the device."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if device is None:
+        if torch.cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist.is_initialized() else "cuda"
+        else:
+            device = "cpu"
+    return device
+
+
+def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: TrainOptions,
+        workdir: str | os.PathLike | None = None, resume: bool = False, out: str | os.PathLike | None = None,
+        progress: bool = True, checkpoint_every: float = 60.0,
+        on_epoch: Callable[[dict], None] | None = None) -> CompressionResult:
+    """Compress ``model`` (the teacher, left unchanged) by ``ratio``: see :func:`vitslim.compress`."""
+    from ..data import as_dataset
+    from ..modelfile import check_writable
+    from ..pruning import check_options
+    from ..registry import family_of
+
+    check_options(ratio, "both", prune.ranking, prune.attention, prune.round_to)
+    prune.validate()
+    train.validate(ratio)
+    if out is not None:
+        check_writable(out)
+    workdir = Path(workdir) if workdir is not None else default_workdir(out)
+    family = family_of(model)
+    dataset = as_dataset(data, lambda im: family.preprocess(model, im))
+    train_idx, val_idx = split(len(dataset), train.val_fraction, train.seed)
+    device = init_distributed(train.device)
+    rank, size = world()
+    if train.batch_size < size or train.batch_size % size:
+        raise UsageError(f"batch size {train.batch_size} must be a multiple of the {size} processes")
+    steps_per_epoch = math.ceil(math.ceil(len(train_idx) / train.batch_size) / train.accum)
+    opts = train.resolved(family.describe(model).embed_dim, device, steps_per_epoch)
+    stages = build_schedule(opts.schedule, ratio, opts.epochs, opts.alpha)
+    identity = run_identity(model, dataset, ratio, prune.describe(), opts.describe())
+    with WorkdirLock(workdir) if rank == 0 else nullcontext():
+        state = load_checkpoint(workdir, identity) if resume else None
+        from ..progress import StageProgress
+
+        ui = StageProgress(enabled=progress and rank == 0)
+        original = model.to(device).eval()
+        if opts.fast:  # the family's fused attention: same outputs and gradients, less time and memory
+            original = family.optimize(copy.deepcopy(original))
+        checkpointer = Checkpointer(workdir, identity, checkpoint_every, enabled=rank == 0)
+        shared = RunState(family, original, Subset(dataset, train_idx), Subset(dataset, val_idx), steps_per_epoch,
+                          prune, opts, checkpointer, ui, family.optimize if opts.fast else (lambda m: m), on_epoch)
+        started = time.perf_counter()
+        try:
+            with frozen(original):
+                final = _stages(shared, stages, state)
+        except KeyboardInterrupt:
+            raise _interrupted(checkpointer, workdir) from None
+        seconds = time.perf_counter() - started
+    from ..info import add_history
+
+    add_history(final, {"step": "distill", "ratio": ratio, **opts.describe(), "importance": prune.describe()["importance"],
+                        "images": {"train": len(train_idx), "val": len(val_idx)}, "log": shared.history,
+                        "seconds": round(seconds, 2)})
+    final.cpu()
+    if out is not None and rank == 0:
+        from ..modelfile import save
+
+        save(final, out)
+    images = getattr(dataset, "images", None)
+    return CompressionResult(final, model, [images[i] for i in val_idx] if images is not None else [],
+                             {"train": len(train_idx), "val": len(val_idx)}, seconds)
+
+
+def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
+    """Every stage from the checkpoint ``state`` (or the start) on; returns the last stage's student."""
+    from ..modelfile import from_payload
+
+    current, first = run.original, 0
+    if state is not None:
+        run.history.extend(state["history"])
+        run.checkpointer.last = (state["stage"], state["epoch"])
+        first = state["stage"]
+        if state["previous"] is not None:
+            current = run.speed(from_payload(state["previous"])).to(run.train.device).eval()
+        set_rng_state(state["rng"])
+        if state["epoch"] + 1 >= stages[first].epochs:  # that stage had finished
+            current = run.speed(from_payload(state["student"])).to(run.train.device).eval()
+            first, state = first + 1, None
+    for index in range(first, len(stages)):
+        current = run_stage(run, index, stages, current, resume=state if index == first else None)
+        state = None
+    return current
+
+
+def _interrupted(checkpointer: Checkpointer, workdir: Path) -> Interrupted:
+    if checkpointer.last is None:
+        return Interrupted("interrupted before the first checkpoint: nothing was kept to resume")
+    stage, epoch = checkpointer.last
+    return Interrupted(f"interrupted: the checkpoint after stage {stage + 1} epoch {epoch + 1} is kept in "
+                       f"{workdir}; continue with --resume", workdir)

@@ -1,0 +1,99 @@
+"""One stage of a run: prune the current model (unless resuming inside the stage), then distil it
+against its references for the stage's epochs, with an optimiser, a learning-rate schedule and
+checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import Checkpointer
+from .lr import LrSchedule
+from .options import PruneOptions, TrainOptions
+from .schedules import Stage
+from .trainer import StageLoss, train_epoch, validate, world
+
+
+@dataclass
+class RunState:
+    """What the stages of one run share."""
+
+    family: Any
+    original: nn.Module  # the teacher (frozen; fused attention when ``fast``)
+    train_set: Dataset
+    val_set: Dataset
+    steps_per_epoch: int
+    prune: PruneOptions
+    train: TrainOptions
+    checkpointer: Checkpointer
+    ui: Any
+    speed: Callable[[nn.Module], nn.Module]
+    on_epoch: Callable[[dict], None] | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
+    """The stage's pruning of ``current``, scored on the training images one at a time (as SlimSAM's
+    reference does; every rank scores the same images alike)."""
+    from ..pruning import prune
+
+    calib = DataLoader(run.train_set, batch_size=1, shuffle=False)
+    p = run.prune
+    with run.ui.bar(f"stage {index + 1}/{count} {stage.name}: importance") as tick:
+        student = prune(current, stage.ratio, part=stage.part, importance=p.importance, ranking=p.ranking,
+                        data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
+                        batches=p.importance_batches, seed=run.train.seed + index, progress=tick)
+    return student.to(run.train.device)
+
+
+def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module,
+              resume: dict | None = None) -> nn.Module:
+    """Prune and distil stage ``index``; ``resume`` (a checkpoint inside this stage) continues it."""
+    stage = stages[index]
+    opts = run.train
+    if resume is not None:
+        from ..modelfile import from_payload
+
+        student = run.speed(from_payload(resume["student"])).to(opts.device)
+        first_epoch = resume["epoch"] + 1
+    else:
+        student = prune_for_stage(run, current, stage, index, len(stages))
+        first_epoch = 0
+    for p in student.parameters():
+        p.requires_grad_(True)
+    previous = current
+    for p in previous.parameters():
+        p.requires_grad_(False)
+    encoder = run.family.encoder(student)
+    trainable = torch.nn.parallel.DistributedDataParallel(encoder) if world()[1] > 1 else encoder
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=opts.lr)
+    scheduler = LrSchedule(opts.lr_schedule, optimizer, stage.epochs * run.steps_per_epoch, opts.patience, opts.factor)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+    loss = StageLoss(run.family, run.family.describe(student), stage.terms,
+                     {"original": run.original, "previous": previous})
+    from ..modelfile import to_payload
+
+    for epoch in range(first_epoch, stage.epochs):
+        with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick:
+            terms = train_epoch(student, trainable, loss, run.train_set, epoch, optimizer, opts, tick,
+                                scheduler.after_step)
+            val = validate(student, loss, run.val_set, epoch, opts)
+        scheduler.after_epoch(val)
+        record = {"stage": stage.name, "epoch": epoch, "train": terms, "val_output_mse": val,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        run.history.append(record)
+        last = epoch + 1 == stage.epochs
+        run.ui.log(record, force=last)
+        run.checkpointer.maybe_save(
+            index, epoch, force=last, student=to_payload(student),
+            previous=None if previous is run.original else to_payload(previous),
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=run.history)
+        if run.on_epoch is not None:
+            run.on_epoch(record)
+    return student.eval()
