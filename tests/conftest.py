@@ -25,6 +25,12 @@ def tiny_sam():
 
 
 @pytest.fixture
+def sam_file(tiny_sam, tmp_path):
+    """The tiny SAM saved as a vitslim file."""
+    return vitslim.save(tiny_sam, tmp_path / "tiny-sam.pt")
+
+
+@pytest.fixture
 def tiny_timm():
     torch.manual_seed(0)
     return vitslim.create("timm:vit_tiny_patch16_224", pretrained=False, **TINY_TIMM)

@@ -10,8 +10,6 @@ import torch
 import vitslim
 from vitslim.cli import main
 
-TINY_SAM_FILE = "tiny-sam.pt"
-
 
 def run(argv, capsys):
     """Run the CLI; return (exit code, stdout, stderr)."""
@@ -30,11 +28,6 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
-
-
-@pytest.fixture
-def sam_file(tiny_sam, tmp_path):
-    return vitslim.save(tiny_sam, tmp_path / TINY_SAM_FILE)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ class StageProgress:
 
     def __init__(self, enabled: bool = True, console: Console | None = None, log_every: float = 10.0):
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)  # a redirected line stays one line
+        self.bars = self.console.is_terminal  # live bars only on a terminal; logs and files get the lines
         self.log_every = log_every  # seconds between epoch lines (many short epochs print few lines)
         self._logged_at = -float("inf")
 
@@ -23,8 +24,8 @@ class StageProgress:
 
     @contextmanager
     def bar(self, description: str):
-        """A progress bar; yields ``tick(done, total)`` (``total`` may be None)."""
-        if not self.enabled:
+        """A progress bar; yields ``tick(done, total)`` (``total`` may be None), or None without a bar."""
+        if not (self.enabled and self.bars):
             yield None
             return
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -39,7 +40,7 @@ class StageProgress:
 
     @contextmanager
     def epoch(self, stage: int, stages: int, name: str, epoch: int, epochs: int):
-        if not self.enabled:
+        if not (self.enabled and self.bars):
             yield None
             return
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -61,4 +62,4 @@ class StageProgress:
         self._logged_at = time.monotonic()
         terms = " ".join(f"{k} {v:.5f}" for k, v in record["train"].items())
         self.console.print(f"{record['stage']} epoch {record['epoch'] + 1}: {terms} | val {record['val_output_mse']:.6f} "
-                           f"| lr {record['lr']:.2e}", highlight=False)
+                           f"| lr {record['lr']:.2e}", highlight=False, soft_wrap=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .rle import mask_to_rle
 
-MIN_AREA = 150  # visible pixels an annotation needs
+MIN_AREA = 400  # visible pixels an annotation needs (a 20 x 20 square)
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -60,7 +60,7 @@ def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     cx, cy = rng.uniform(0.12, 0.88, 2) * size
-    r = rng.uniform(0.07, 0.22) * size
+    r = rng.uniform(0.09, 0.25) * size
     kind = rng.integers(5)
     angle = rng.uniform(0, 2 * math.pi)
     if kind == 0:  # ellipse, as a 48-gon so that it can rotate

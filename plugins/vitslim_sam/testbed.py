@@ -28,20 +28,20 @@ CONFIG = {"img_size": 256, "embed_dim": 96, "depth": 4, "num_heads": 3, "global_
           "window_size": 8, "out_chans": 64}
 SIZE = 256
 N_TRAIN, N_TEST = 1000, 100
-DATA_VERSION = 1  # bump when the generator changes, so that cached folders are rebuilt
+DATA_VERSION = 2  # bump when the generator changes, so that cached folders are rebuilt
 
 
-def shapes_folder(split: str, count: int, root: Path | None = None) -> Path:
-    """The generated ``train`` (seed 0) or ``test`` (seed 1) folder of ``count`` scenes, under ``root``
-    (default: the vitslim cache), written on first use."""
+def shapes_folder(split: str, count: int, root: Path | None = None, size: int = SIZE) -> Path:
+    """The generated ``train`` (seed 0) or ``test`` (seed 1) folder of ``count`` scenes of ``size``
+    pixels, under ``root`` (default: the vitslim cache), written on first use."""
     from vitslim.weights import cache_dir
 
     seed = 0 if split == "train" else 1
     base = Path(root) if root is not None else cache_dir() / "testbeds" / f"shapes-v{DATA_VERSION}"
-    folder = base / f"{split}-{count}"
+    folder = base / (f"{split}-{count}" if size == SIZE else f"{split}-{count}-{size}px")
     done = folder / ".complete"
     if not done.is_file():
-        write_sa1b_folder(folder, count, seed=seed, size=SIZE)
+        write_sa1b_folder(folder, count, seed=seed, size=size)
         done.write_text(str(count))
     return folder
 
@@ -55,8 +55,8 @@ def load_folder(folder: Path) -> tuple[torch.Tensor, list[list[dict]]]:
     return torch.from_numpy(images), anns
 
 
-def _dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def _dice_bce(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0) -> torch.Tensor:
+    bce = bce_weight * F.binary_cross_entropy_with_logits(logits, target)
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
     dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
@@ -77,7 +77,7 @@ def _prompts(masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, t
 
 
 def _mask_loss(model: nn.Module, embedding: torch.Tensor, pe: torch.Tensor, records: list[dict], k: int,
-               gen: torch.Generator | None) -> torch.Tensor:
+               gen: torch.Generator | None, bce_weight: float = 1.0) -> torch.Tensor:
     """BCE + dice of the masks the decoder predicts from one image embedding, for ``k`` of its
     annotations, each prompted by a point inside it and by its box (random picks and box jitter with
     ``gen``; without it the first ``k``, exact boxes and each annotation's own point)."""
@@ -97,23 +97,26 @@ def _mask_loss(model: nn.Module, embedding: torch.Tensor, pe: torch.Tensor, reco
     sp_b, _ = model.prompt_encoder(points=None, boxes=boxes, masks=None)
     low, _ = model.mask_decoder(embedding, pe, torch.cat([sp_p, sp_b]), dense.repeat(2, 1, 1, 1), False)
     logits = F.interpolate(low, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return _dice_bce(logits, gt.float().repeat(2, 1, 1))
+    return _dice_bce(logits, gt.float().repeat(2, 1, 1), bce_weight)
 
 
 class ShapesTestbed(Testbed):
     """Promptable segmentation: mIoU against ground truth and against the teacher, points and boxes.
-    ``n_train`` / ``n_test`` scenes are generated under ``root`` (default: the vitslim cache)."""
+    ``n_train`` / ``n_test`` scenes of ``size`` pixels are generated under ``root`` (default: the vitslim
+    cache); the encoder's input is ``size`` too (windows of ``size / 32`` tokens)."""
 
     name = "shapes-sam"
     metric = "miou_box_vs_gt"
 
-    def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root: str | Path | None = None):
-        self.n_train, self.n_test, self.root = n_train, n_test, root
-        self.recipe = {"steps": 3000, "batch_size": 8, "masks_per_image": 4, "lr": 1e-3, "weight_decay": 0.01,
-                       "n_train": n_train, "data": DATA_VERSION}
+    def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root: str | Path | None = None,
+                 size: int = SIZE):
+        self.n_train, self.n_test, self.root, self.size = n_train, n_test, root, size
+        self.config = {**CONFIG, "img_size": size, "window_size": max(1, size // 32)}
+        self.recipe = {"steps": 4000, "batch_size": 8, "masks_per_image": 4, "lr": 1e-3, "weight_decay": 0.01,
+                       "n_train": n_train, "size": size, "data": DATA_VERSION}
 
     def folder(self, split: str) -> Path:
-        return shapes_folder(split, self.n_train if split == "train" else self.n_test, self.root)
+        return shapes_folder(split, self.n_train if split == "train" else self.n_test, self.root, self.size)
 
     def split(self, split: str) -> tuple[torch.Tensor, list[list[dict]]]:
         return load_folder(self.folder(split))
@@ -138,7 +141,7 @@ class ShapesTestbed(Testbed):
         r = {**self.recipe, **recipe}
         images, anns = self.split("train")
         torch.manual_seed(seed)
-        model = vitslim.create("sam-b", pretrained=False, **CONFIG)
+        model = vitslim.create("sam-b", pretrained=False, **self.config)
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["steps"],
                                                     pct_start=max(0.05, 2 / r["steps"]))
@@ -148,7 +151,7 @@ class ShapesTestbed(Testbed):
             idx = torch.randint(len(images), (r["batch_size"],), generator=gen)
             emb = model.image_encoder(self._preprocess(images[idx]))
             pe = model.prompt_encoder.get_dense_pe()
-            loss = sum(_mask_loss(model, emb[b:b + 1], pe, anns[i], r["masks_per_image"], gen)
+            loss = sum(_mask_loss(model, emb[b:b + 1], pe, anns[i], r["masks_per_image"], gen, r.get("bce_weight", 1.0))
                        for b, i in enumerate(idx.tolist()))
             loss = loss / len(idx)
             opt.zero_grad(set_to_none=True)
