@@ -20,8 +20,9 @@ import torch.nn.functional as F
 import vitslim
 from _report import emit
 from vitslim.engine.schedules import build_schedule
-from vitslim.engine.trainer import StageLoss, TrainConfig, train_epoch
-from vitslim.registry import family_of
+from vitslim.engine.options import TrainOptions
+from vitslim.engine.trainer import StageLoss, train_epoch
+from vitslim.registry import family_for_name, family_of
 
 
 def _sync(device: str) -> None:
@@ -32,7 +33,7 @@ def _sync(device: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sam-b")
-    ap.add_argument("--img-size", type=int, default=512, help="SAM input size (SAM-B is 1024)")
+    ap.add_argument("--img-size", type=int, help="input size override (SAM-B is 1024; the README uses 512)")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
-    config = {"img_size": args.img_size} if args.model.startswith("sam") else {}
+    config = family_for_name(args.model).input_size_config(args.img_size) if args.img_size else {}
     teacher = vitslim.create(args.model, pretrained=False, **config).to(args.device).eval()
     family = family_of(teacher)
     student = vitslim.prune(teacher, 0.5, part="both", importance="magnitude").to(args.device)
@@ -70,7 +71,8 @@ def main() -> None:
         vitslim.optimize(teacher)
         vitslim.optimize(student)
     stage = build_schedule("one-shot", 0.5, 1)[0]
-    cfg = TrainConfig(batch_size=args.batch_size, device=args.device, precision=args.precision)
+    # the loop's own cost (no augmented views, which the naive loop does not make either)
+    cfg = TrainOptions(batch_size=args.batch_size, device=args.device, precision=args.precision, augment="none").validate()
     loss = StageLoss(family, family.describe(student), stage.terms, {"original": teacher, "previous": teacher})
     opt = torch.optim.AdamW(enc_s.parameters(), lr=1e-4)
     train_epoch(student, enc_s, loss, x[:args.batch_size], 0, opt, cfg)  # warm-up

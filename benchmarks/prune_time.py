@@ -18,7 +18,7 @@ import torch
 
 import vitslim
 from _report import emit
-from vitslim.graph import graph_embedding_params
+from vitslim.graph import checked_embedding_params
 from vitslim.groups import build_groups
 from vitslim.ranking import select
 from vitslim.registry import family_of
@@ -41,7 +41,7 @@ def main() -> None:
         m = vitslim.prune(model, 0.0, part="both", importance="magnitude")  # a fresh copy
         t0 = time.perf_counter()
         structure = family.describe(m)
-        structure.embedding_params = graph_embedding_params(family.encoder(m), structure, family, m)
+        structure.embedding_params = checked_embedding_params(family.encoder(m), structure, family, m)
         groups = build_groups(structure, "both", params=set(dict(family.encoder(m).named_parameters())))
         scores = {g.name: torch.rand(g.size, dtype=torch.float64) for g in groups}
         keep = select(groups, scores, args.ratio, "global")

@@ -51,7 +51,13 @@ def test_compress_sam_end_to_end(sam_file, image_dir, tmp_path, capsys):
     summary = json.loads(stdout)
     assert summary["after"]["params"] < summary["before"]["params"]
     assert set(summary["stages"]) == {"embedding", "bottleneck"}
-    assert 0.0 <= summary["eval"]["miou_point_vs_teacher"] <= 1.0
+    # the summary's evaluation is vitslim.evaluate on the held-out split (seeded: 1 of the 4 images)
+    from vitslim.data import find_images
+    from vitslim.engine.run import split
+
+    held_out = [find_images(image_dir)[i] for i in split(4, 0.1, 0)[1]]
+    assert summary["eval"] == vitslim.evaluate(vitslim.load(out), vitslim.load(sam_file), images=held_out)
+    assert summary["eval"]["prompts"] > 0
     from segment_anything import SamPredictor
 
     predictor = SamPredictor(vitslim.load(out))
@@ -202,3 +208,24 @@ def test_prune_command(sam_file, image_dir, tmp_path, capsys):
     assert step["criterion"]["name"] == "disturbed_taylor" and step["criterion"]["images"] == 2
     assert all(b["head_dim"] == 16 for b in report["widths"]["blocks"])  # whole heads removed
     assert sum(b["num_heads"] for b in report["widths"]["blocks"]) == 8
+
+
+def test_prune_round_to_and_seeded_random_weights(tmp_path, capsys):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"p{i}.pt"
+        code, _, err = run(["prune", "timm:vit_tiny_patch16_224", "--random-weights", "--ratio", "0.6", "--round-to",
+                            "16", "--criterion", "magnitude", "--out", out], capsys)
+        assert code == 0, err
+        outs.append(vitslim.load(out))
+    w = vitslim.describe(outs[0]).widths()
+    assert w["embed_dim"] % 16 == 0 and all(b["mlp_hidden"] % 16 == 0 and b["head_dim"] % 16 == 0 for b in w["blocks"])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0].state_dict().values(), outs[1].state_dict().values()))
+
+
+def test_timm_eval_values(tiny_timm, photos):
+    same = vitslim.evaluate(tiny_timm, tiny_timm)
+    assert same["top1_agreement"] == 1.0 and same["output_cosine"] == pytest.approx(1.0) and same["images"] == 10
+    pruned = vitslim.prune(tiny_timm, 0.5, importance="magnitude")
+    other = vitslim.evaluate(pruned, tiny_timm, limit=4)
+    assert other["images"] == 4 and other["output_cosine"] < 0.999

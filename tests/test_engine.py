@@ -180,3 +180,104 @@ def test_fused_attention_training_matches_plain(tiny_sam, sam_images, tmp_path):
     # wrong attention would move weights by up to lr x steps = 8e-3
     for (k, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items()):
         assert (a - b).abs().max() <= 5e-4, k
+
+
+def _short(**kw):
+    return dict(epochs=1, batch_size=2, importance_batches=1, progress=False, checkpoint_every=0, **kw)
+
+
+def test_accumulation_equals_the_larger_batch(tiny_timm, photos, tmp_path):
+    x = resize_batch(photos, 64).repeat(3, 1, 1, 1)[:9]  # 8 training images: 2 whole batches of 4
+    kw = dict(ratio=0.5, data=x, epochs=1, importance_batches=1, progress=False, augment="none", lr=1e-3)
+    a = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "a", batch_size=4, accum=1, **kw)
+    b = vitslim.compress(copy.deepcopy(tiny_timm), workdir=tmp_path / "b", batch_size=2, accum=2, **kw)
+    for (k, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert (wa - wb).abs().max() <= 1e-5, k
+
+
+def test_bf16_autocast_runs_on_the_cpu(tiny_timm, photos, tmp_path):
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path, precision="bf16", **_short())
+    log = get_info(out)["history"][-1]["log"]
+    assert all(torch.isfinite(torch.tensor(r["train"]["loss"])) for r in log)
+    assert all(p.dtype == torch.float32 for p in out.parameters())  # autocast, not a bf16 model
+
+
+def test_iterative_schedule_through_compress(tiny_timm, photos, tmp_path):
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path, schedule="iterative:2", **_short())
+    log = get_info(out)["history"][-1]["log"]
+    assert [r["stage"] for r in log] == ["round1", "round2"]  # each round 2 * 1 / 2 epochs
+    w0, w = vitslim.describe(tiny_timm).widths(), vitslim.describe(out).widths()
+    assert w["embed_dim"] == pytest.approx(w0["embed_dim"] * 0.5, abs=2)
+
+
+def test_plateau_schedule_halves_the_rate_without_validation_gain(tiny_timm, photos, tmp_path, monkeypatch):
+    import vitslim.engine.stage as stage_module
+
+    monkeypatch.setattr(stage_module, "validate", lambda *args, **kwargs: 1.0)  # never any gain
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path, lr=1e-3, lr_schedule="plateau",
+                           patience=0, **{**_short(), "epochs": 3})
+    lrs = [r["lr"] for r in get_info(out)["history"][-1]["log"] if r["stage"] == "embedding"]
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    monkeypatch.undo()
+    cos = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path / "c", lr=1e-3, **{**_short(), "epochs": 3})
+    lrs = [r["lr"] for r in get_info(cos)["history"][-1]["log"] if r["stage"] == "embedding"]
+    assert lrs[0] < 1e-3 and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at 0
+
+
+def test_compress_takes_a_dataset(tiny_timm, photos, tmp_path):
+    class Views(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=Views(x), workdir=tmp_path, **_short())
+    assert get_info(out)["history"][-1]["images"] == {"train": 3, "val": 1}
+
+
+def test_augmented_views_are_shared_by_teacher_and_student(tiny_timm, photos, tmp_path):
+    """At ratio 0 the student is the teacher: if the two saw different views the loss would not be 0."""
+    x = resize_batch(photos, 64).repeat(2, 1, 1, 1)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.0, data=x, workdir=tmp_path, lr=1e-12, **_short())
+    log = get_info(out)["history"][-1]["log"]
+    assert all(r["train"]["loss"] < 1e-12 for r in log)
+    none = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path / "n", augment="none", **_short())
+    aug = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path / "a", **_short())
+    assert not all(torch.equal(a, b) for a, b in zip(none.state_dict().values(), aug.state_dict().values()))
+
+
+def test_augment_specs():
+    from vitslim.engine.augment import DEFAULT, NONE, parse_augment
+
+    assert parse_augment("default") == DEFAULT and parse_augment("none") == NONE and not NONE.active
+    assert parse_augment("flip,crop=0.5").describe() == "flip,crop=0.5"
+    assert parse_augment(DEFAULT.describe()) == DEFAULT
+    for bad in ("sparkles", "crop=2", "crop=x", "mixup=-1"):
+        with pytest.raises(UsageError):
+            parse_augment(bad)
+    x = torch.randn(4, 3, 16, 16)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(DEFAULT(x, g()), DEFAULT(x, g())) and DEFAULT(x, g()).shape == x.shape
+    assert not torch.equal(DEFAULT(x, g()), x) and torch.equal(NONE(x, g()), x)
+
+
+def test_auto_epochs_and_learning_rate(tiny_timm, photos, tmp_path):
+    from vitslim.engine.options import auto_lr
+    from vitslim.engine.schedules import auto_epochs
+
+    assert auto_epochs("alternate", 3, 2000) == 667 and auto_epochs("alternate", 2500, 2000) == 1
+    assert auto_epochs("iterative:4", 10, 100) == 20  # 4 rounds of 2 * 20 / 4 = 10 epochs = 100 steps
+    assert auto_lr(768) == pytest.approx(1.3e-4, rel=0.01) and auto_lr(96) == pytest.approx(1.04e-3, rel=0.01)
+    x = resize_batch(photos, 64)  # 3 training images, batch 2: 2 steps per epoch
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path, min_steps=5, progress=False,
+                           importance_batches=1, batch_size=2)
+    step = get_info(out)["history"][-1]
+    assert step["epochs"] == 3 and step["lr"] == pytest.approx(0.1 / vitslim.describe(tiny_timm).embed_dim)

@@ -140,10 +140,11 @@ def test_bench_runs_end_to_end_with_valid_json(capsys):
     main(["bench", "timm:vit_tiny_patch16_224", "timm:vit_tiny_patch16_224@0.5",
           "timm:vit_tiny_patch16_224@0.5:heads", "--fast", "--onnxruntime", "--runs", "2", "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in result["rows"]] == ["plain", "fast", "onnxruntime"] * 3
-    assert result["rows"][0]["speedup"] == 1.0
-    assert result["rows"][3]["params"] < result["rows"][0]["params"]
-    assert all(r["median_ms"] > 0 for r in result["rows"]) and result["device_type"] == "cpu"
+    rows = result["rows"]
+    assert [r["path"] for r in rows] == ["plain", "fast", "onnxruntime"] * 3
+    assert all(r.get("error") is None and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in rows)
+    assert all(r["speedup"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"]) for r in rows)
+    assert rows[3]["params"] < rows[0]["params"] and result["device_type"] == "cpu"
 
 
 def test_bench_times_each_named_kernel():
@@ -152,7 +153,7 @@ def test_bench_times_each_named_kernel():
     result = benchmark(["sam-b"], img_size=64, runs=1, warmup=0, fast=True, kernels=["sdpa", "flex"],
                        device="cpu")
     assert [r["path"] for r in result["rows"]] == ["plain", "fast", "fast:sdpa", "fast:flex"]
-    assert result["cuda_graphs"] is False
+    assert all(r.get("error") is None and r["median_ms"] > 0 for r in result["rows"])  # no kernel failed
 
 
 def test_bench_reports_a_failing_row_and_goes_on(monkeypatch, capsys):
@@ -208,19 +209,6 @@ def test_bench_spec_round_to():
     assert w["embed_dim"] % 16 == 0 and all(b["mlp_hidden"] % 16 == 0 and b["head_dim"] % 16 == 0 for b in w["blocks"])
     with pytest.raises(vitslim.UsageError, match="bad model spec"):
         build("timm:vit_tiny_patch16_224@abc")
-
-
-def test_optimize_accepts_families_without_a_kernel_argument(monkeypatch, tiny_timm):
-    """Third-party families written against ``optimize(self, model)`` keep working with the default."""
-    import vitslim.api as api
-
-    class OldFamily:
-        def optimize(self, model):
-            model.optimized = True
-            return model
-
-    monkeypatch.setattr(api, "family_of", lambda model: OldFamily())
-    assert vitslim.optimize(tiny_timm).optimized is True
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

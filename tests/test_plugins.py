@@ -31,3 +31,27 @@ def test_core_imports_no_family_package():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(("segment_anything", "timm", "vitslim_")), f"{path}: {name}"
+
+
+def test_core_never_tests_a_family_name():
+    """No core module decides by a model or family name (``spec.startswith("sam")``, ``== "timm"``): such
+    questions are family methods."""
+    import ast
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "vitslim"
+
+    def family_literal(node) -> bool:
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
+            word in node.value.lower() for word in ("sam", "timm", "vit_", "deit"))
+
+    for path in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                operands += [e for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set)) for e in o.elts]
+                assert not any(family_literal(o) for o in operands), f"{path}:{node.lineno}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "startswith", "endswith", "get"):
+                args = [*node.args, *(e for a in node.args if isinstance(a, ast.Tuple) for e in a.elts)]
+                assert not any(family_literal(a) for a in args), f"{path}:{node.lineno}"

@@ -52,9 +52,7 @@ def optimize(model: nn.Module, kernel: str = "auto") -> nn.Module:
     """Make ``model`` faster at inference without changing its outputs (the family's fused attention);
     in place, and returns it. Files saved afterwards are unchanged (same state dict). ``kernel`` picks
     the fused implementation (SAM: ``auto``, ``sdpa``, ``chunked``, ``flex``); ``auto`` chooses per device."""
-    family = family_of(model)
-    # families written before ``kernel`` existed take ``optimize(model)``
-    return family.optimize(model) if kernel == "auto" else family.optimize(model, kernel=kernel)
+    return family_of(model).optimize(model, kernel=kernel)
 
 
 def describe(model: nn.Module) -> Structure:

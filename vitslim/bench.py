@@ -166,8 +166,8 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
     ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU. ``compile`` wraps each
     encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only). A row that
     fails has ``median_ms`` None and an ``error``; speed-ups are against the first timed row."""
-    from .api import inspect
-    from .registry import family_of
+    from .api import inspect, is_model_file
+    from .registry import family_for_name, family_of
 
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}': choose fp32, fp16 or bf16")
@@ -178,7 +178,8 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
     runs = runs or (50 if device.startswith("cuda") else 3)
     rows = []
     for spec in specs:
-        config = {"img_size": img_size} if img_size and not os.path.exists(spec) and spec.startswith("sam") else {}
+        name = spec.partition("@")[0]
+        config = family_for_name(name).input_size_config(img_size) if img_size and not is_model_file(spec) else {}
         model = build(spec, config)
         family = family_of(model)
         report = inspect(model)

@@ -53,6 +53,13 @@ class Family:
         """(channels, height, width) of one input image of the encoder."""
         raise NotImplementedError
 
+    def input_size_config(self, size: int) -> dict[str, Any]:
+        """Architecture arguments that make :meth:`create` build the model for ``size`` x ``size`` inputs
+        (``--img-size``); families whose input size is fixed refuse."""
+        from .errors import UsageError
+
+        raise UsageError(f"{self.name} models take no input size override")
+
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """Turn one RGB PIL image into the encoder's input tensor (C, H, W)."""
         raise NotImplementedError
@@ -87,10 +94,6 @@ class Family:
             return 0, 0
         enc = {id(p) for p in encoder.parameters()}
         return sum(p.numel() for p in model.parameters() if id(p) not in enc), 0
-
-    def load_state_dict(self, model: nn.Module, state_dict: dict[str, Any]) -> None:
-        """Load weights saved by :func:`vitslim.save` (strict)."""
-        model.load_state_dict(state_dict, strict=True)
 
     def example_input(self, model: nn.Module, batch: int = 1, device: Any = None) -> torch.Tensor:
         """A random input batch for the encoder (used for tracing and counting)."""

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import VitslimError
+from .errors import UsageError, VitslimError
 from .family import Family
 from .reshape import owner_of
 from .structure import Structure
@@ -35,17 +35,36 @@ def _owner_is_layer(root: nn.Module, name: str) -> bool:
     return isinstance(owner_of(root, name)[0], _LAYER_TYPES)
 
 
-def _members_of(item, dg) -> list[tuple[str, int]]:
-    """``(param name, axis)`` pairs a graph item prunes; [] for tp's internal op nodes."""
-    target = item.dep.target.module
-    out_side = item.dep.handler.__name__.startswith("prune_out")
+# -- the one adapter over torch-pruning's objects (tested with the versions pyproject.toml allows) --------
+def _build_graph(shadow: nn.Module, input_shape: tuple[int, ...], unwrapped: list):
+    import torch_pruning as tp
+
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")
+        return tp.DependencyGraph().build_dependency(
+            shadow, example_inputs=torch.empty(1, *input_shape, device="meta"),
+            unwrapped_parameters=unwrapped, verbose=False)
+
+
+def _residual_items(dg, root: nn.Module) -> list[tuple[object, bool, int, list[int]]]:
+    """What pruning output channel 0 of ``root`` touches: (target module or parameter, whether its output
+    side is pruned, the pruned axis for a bare parameter, the channel indices there)."""
+    import torch_pruning as tp
+
+    fn = tp.prune_conv_out_channels if isinstance(root, nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
+    return [(item.dep.target.module, item.dep.handler.__name__.startswith("prune_out"),
+             item.dep.target.pruning_dim, list(item.idxs)) for item in dg.get_pruning_group(root, fn, [0])]
+
+
+def _members_of(target, out_side: bool, axis: int, names: dict) -> list[tuple[str, int]]:
+    """``(param name, axis)`` pairs one graph item prunes; [] for internal op nodes."""
     if isinstance(target, nn.Parameter):
-        return [(dg._param_to_name[target], item.dep.target.pruning_dim)]
-    name = dg._module2name.get(target)
+        return [(names[id(target)], axis)]
+    name = names.get(id(target))
     if name is None:
         return []
     found = []
-    for leaf, param in target.named_parameters(recurse=False):
+    for leaf, _ in target.named_parameters(recurse=False):
         if isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
             if leaf == "weight":
                 found.append((f"{name}.weight", 0 if out_side else 1))
@@ -55,7 +74,7 @@ def _members_of(item, dg) -> list[tuple[str, int]]:
             found.append((f"{name}.{leaf}", 0))
         else:
             raise VitslimError(f"the dependency graph reached {name} ({type(target).__name__}), "
-                                      f"which vitslim's surgery does not know")
+                               f"which vitslim's surgery does not know")
     return found
 
 
@@ -65,35 +84,36 @@ def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_
     Parameters not owned by a standard layer (position embeddings, tokens, SAM's rel-pos tables, ...)
     are given to the graph with the axes the structure description names.
     """
-    import torch_pruning as tp
-
     shadow = meta_shadow(encoder)
     params = dict(shadow.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    names.update({id(m): n for n, m in shadow.named_modules()})
     declared = dict(structure.embedding_params)
     for block in structure.blocks:
         declared.update(dict(block.attn.head_dim_params))
     unwrapped = [(params[n], axis) for n, axis in declared.items() if n in params and not _owner_is_layer(shadow, n)]
-    with warnings.catch_warnings(), torch.enable_grad():
-        warnings.simplefilter("ignore")
-        dg = tp.DependencyGraph().build_dependency(
-            shadow, example_inputs=torch.empty(1, *input_shape, device="meta"),
-            unwrapped_parameters=unwrapped, verbose=False,
-        )
-    root = shadow.get_submodule(structure.embedding_root)
-    fn = tp.prune_conv_out_channels if isinstance(root, nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
-    group = dg.get_pruning_group(root, fn, [0])
+    dg = _build_graph(shadow, input_shape, unwrapped)
     members: list[tuple[str, int]] = []
-    for item in group:
-        members_here = _members_of(item, dg)
-        if list(item.idxs) != [0] and members_here:
-            raise VitslimError(f"embedding channel 0 maps to channels {list(item.idxs)} of "
-                                      f"{dg._module2name.get(item.dep.target.module)}: not a plain coupling")
-        for m in members_here:
-            if m not in members:
-                members.append(m)
+    for target, out_side, axis, idxs in _residual_items(dg, shadow.get_submodule(structure.embedding_root)):
+        here = _members_of(target, out_side, axis, names)
+        if idxs != [0] and here:
+            raise VitslimError(f"embedding channel 0 maps to channels {idxs} of {names.get(id(target))}: "
+                               f"not a plain coupling")
+        members += [m for m in here if m not in members]
     return members
 
 
-def graph_embedding_params(encoder: nn.Module, structure: Structure, family: Family, model: nn.Module) -> list[tuple[str, int]]:
-    """:func:`embedding_params_from_graph` at the family's input size."""
-    return embedding_params_from_graph(encoder, structure, family.input_shape(model))
+def checked_embedding_params(encoder: nn.Module, structure: Structure, family: Family, model: nn.Module) -> list[tuple[str, int]]:
+    """The residual coupling from the graph (at the family's input size), which must equal the family's
+    description: loading a saved file relies on the description alone. A disagreement is one clear
+    :class:`UsageError`."""
+    found = embedding_params_from_graph(encoder, structure, family.input_shape(model))
+    missing = sorted(set(found) - set(structure.embedding_params))
+    extra = sorted(set(structure.embedding_params) - set(found))
+    if missing or extra:
+        raise UsageError(
+            f"the '{family.name}' family's description of this model disagrees with its dependency "
+            f"graph ({'not described: ' + ', '.join(n for n, _ in missing[:3]) if missing else ''}"
+            f"{'; not coupled: ' + ', '.join(n for n, _ in extra[:3]) if extra else ''}): its embedding "
+            f"width cannot be pruned safely; prune part='bottleneck' or fix the family")
+    return found

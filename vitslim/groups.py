@@ -1,5 +1,9 @@
 """Channel groups: the units that are scored and removed together, built from a Structure.
 
+Which parameters move together is declared once, here: the residual width by the structure's
+``embedding_params``, each block's bottlenecks by :func:`block_members`. Pruning builds its groups from
+these declarations, and loading a file (:mod:`vitslim.reshape`) resizes exactly the same parameters.
+
 A group has ``size`` channels; each member ``(param, axis, index)`` says which entries along ``axis`` of
 ``param`` belong to each channel: ``index`` has shape (size, k), row j listing channel j's entries.
 """
@@ -10,10 +14,38 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .structure import Structure
+from .structure import BlockSpec, Structure
 
 PARTS = ("embedding", "bottleneck", "both")
 ATTENTION_MODES = ("head_dim", "heads")
+
+# How a bottleneck member's axis is laid out: qkv rows (q|k|v, head, dim), attention width (head, dim)
+# read by proj, one entry per head-dim channel shared by all heads, MLP hidden channels.
+QKV, ATTN, HEAD_DIM, MLP = "qkv", "attn", "head_dim", "mlp"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A parameter axis tied to one of a block's bottleneck widths (``layout`` is one of the above)."""
+
+    param: str
+    axis: int
+    layout: str
+
+    def size(self, num_heads: int, head_dim: int, mlp_hidden: int) -> int:
+        """The axis length for the given widths."""
+        return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, HEAD_DIM: head_dim,
+                MLP: mlp_hidden}[self.layout]
+
+
+def block_members(block: BlockSpec) -> list[Member]:
+    """Every parameter axis of ``block`` that its attention or MLP widths decide."""
+    a, m = block.attn, block.mlp
+    return [
+        Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.proj}.weight", 1, ATTN), Member(f"{a.qkv}.bias", 0, QKV),
+        *(Member(name, axis, HEAD_DIM) for name, axis in a.head_dim_params),
+        Member(f"{m.fc1}.weight", 0, MLP), Member(f"{m.fc1}.bias", 0, MLP), Member(f"{m.fc2}.weight", 1, MLP),
+    ]
 
 
 @dataclass
@@ -54,34 +86,40 @@ def qkv_rows(num_heads: int, head_dim: int, heads: torch.Tensor, dims: torch.Ten
     return (s + heads[None, :, None] * head_dim + dims[None, None, :]).flatten()
 
 
-def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> ChannelGroup:
-    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head."""
-    a = structure.blocks[i].attn
-    heads, hd = a.num_heads, a.head_dim
+def _attention_index(layout: str, heads: int, hd: int, mode: str) -> torch.Tensor | None:
+    """Per-channel entries of an attention member (None: the member does not move with this mode)."""
     all_h, all_d = torch.arange(heads), torch.arange(hd)
     if mode == "head_dim":
-        size = hd
-        rows = torch.stack([qkv_rows(heads, hd, all_h, torch.tensor([d])) for d in range(hd)])
-        cols = torch.stack([all_h * hd + d for d in range(hd)])
-        extra = [(name, axis, _identity(hd)) for name, axis in a.head_dim_params]
-    elif mode == "heads":
-        size = heads
-        rows = torch.stack([qkv_rows(heads, hd, torch.tensor([h]), all_d) for h in range(heads)])
-        cols = torch.stack([h * hd + all_d for h in range(heads)])
-        extra = []
-    else:
+        if layout == QKV:
+            return torch.stack([qkv_rows(heads, hd, all_h, torch.tensor([d])) for d in range(hd)])
+        return torch.stack([all_h * hd + d for d in range(hd)]) if layout == ATTN else _identity(hd)
+    if layout == QKV:
+        return torch.stack([qkv_rows(heads, hd, torch.tensor([h]), all_d) for h in range(heads)])
+    return torch.stack([h * hd + all_d for h in range(heads)]) if layout == ATTN else None  # heads keep head dim
+
+
+def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> ChannelGroup:
+    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head."""
+    if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}: choose one of {ATTENTION_MODES}")
-    members = [(f"{a.qkv}.weight", 0, rows), (f"{a.proj}.weight", 1, cols)]
-    members += [(f"{a.qkv}.bias", 0, rows)]
-    return ChannelGroup(f"{a.module}.{mode}", mode, size, i, members + extra)
+    block = structure.blocks[i]
+    a = block.attn
+    members = []
+    for m in block_members(block):
+        if m.layout != MLP:
+            index = _attention_index(m.layout, a.num_heads, a.head_dim, mode)
+            if index is not None:
+                members.append((m.param, m.axis, index))
+    size = a.head_dim if mode == "head_dim" else a.num_heads
+    return ChannelGroup(f"{a.module}.{mode}", mode, size, i, members)
 
 
 def mlp_group(structure: Structure, i: int) -> ChannelGroup:
     """Block ``i``'s MLP hidden channels."""
-    m = structure.blocks[i].mlp
-    idx = _identity(m.hidden)
-    members = [(f"{m.fc1}.weight", 0, idx), (f"{m.fc1}.bias", 0, idx), (f"{m.fc2}.weight", 1, idx)]
-    return ChannelGroup(f"{structure.blocks[i].name}.mlp", "mlp", m.hidden, i, members)
+    block = structure.blocks[i]
+    idx = _identity(block.mlp.hidden)
+    members = [(m.param, m.axis, idx) for m in block_members(block) if m.layout == MLP]
+    return ChannelGroup(f"{block.name}.mlp", "mlp", block.mlp.hidden, i, members)
 
 
 def build_groups(structure: Structure, part: str, attention: str = "head_dim",

@@ -12,11 +12,12 @@ from torch import nn
 
 from . import criteria as C
 from .errors import UsageError
-from .graph import graph_embedding_params
+from .graph import checked_embedding_params
 from .groups import ATTENTION_MODES, PARTS, ChannelGroup, build_groups
 from .info import add_history, get_info
 from .ranking import RANKINGS, select
 from .registry import family_of, importances
+from .structure import Structure
 from .surgery import remove_channels
 
 
@@ -64,6 +65,7 @@ def as_batches(data: Any) -> Iterable[torch.Tensor] | None:
 class PruningPlan:
     """What :func:`plan` decided: the groups, their channel scores, and the channels each keeps."""
 
+    structure: Structure  # the model's description the groups were built from
     groups: list[ChannelGroup]
     scores: dict[str, torch.Tensor]
     keep: dict[str, torch.Tensor]
@@ -96,18 +98,9 @@ def plan(
     encoder = family.encoder(model)
     structure = family.describe(model)
     if part in ("embedding", "both"):
-        # torch-pruning's dependency graph decides what moves with the residual channels; the family's
-        # description must agree, since loading a saved file relies on it alone
-        found = graph_embedding_params(encoder, structure, family, model)
-        missing = sorted(set(found) - set(structure.embedding_params))
-        extra = sorted(set(structure.embedding_params) - set(found))
-        if missing or extra:
-            raise UsageError(
-                f"the '{family.name}' family's description of this model disagrees with its dependency "
-                f"graph ({'not described: ' + ', '.join(n for n, _ in missing[:3]) if missing else ''}"
-                f"{'; not coupled: ' + ', '.join(n for n, _ in extra[:3]) if extra else ''}): its embedding "
-                f"width cannot be pruned safely; prune part='bottleneck' or fix the family")
-        structure.embedding_params = found
+        # torch-pruning's dependency graph decides what moves with the residual channels, and must agree
+        # with the family's description (loading a saved file relies on it alone)
+        structure.embedding_params = checked_embedding_params(encoder, structure, family, model)
     params = dict(encoder.named_parameters())
     groups = build_groups(structure, part, attention, set(params))
     crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)
@@ -125,7 +118,7 @@ def plan(
             raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
         scores[g.name] = s
     keep = select(groups, scores, ratio, ranking, round_to)
-    return PruningPlan(groups, scores, keep, crit, time.perf_counter() - t0)
+    return PruningPlan(structure, groups, scores, keep, crit, time.perf_counter() - t0)
 
 
 def prune(
@@ -160,17 +153,17 @@ def prune(
     family = family_of(model)
     if not inplace:
         model = copy.deepcopy(model)
-    structure = family.describe(model)
     p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
              progress, **criterion_options)
+    before = p.structure.widths()
     t1 = time.perf_counter()
-    remove_channels(model, family, structure, p.groups, p.keep)
+    remove_channels(model, family, p.structure, p.groups, p.keep)
     surgery_s = time.perf_counter() - t1
     if get_info(model) is not None:
         add_history(model, {
             "step": "prune", "part": part, "ratio": ratio, "criterion": p.criterion.describe(),
             "ranking": ranking, "attention": attention, "round_to": round_to, "seed": seed,
-            "widths_before": structure.widths(), "widths_after": family.describe(model).widths(),
+            "widths_before": before, "widths_after": family.describe(model).widths(),
             "seconds": {"importance": round(p.importance_seconds, 3), "surgery": round(surgery_s, 3),
                         "total": round(time.perf_counter() - start, 3)},
         })

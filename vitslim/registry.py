@@ -24,9 +24,14 @@ def plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+@functools.lru_cache(maxsize=1)
+def _families() -> tuple[Family, ...]:
+    return tuple(f for result in plugin_manager().hook.vitslim_families() for f in result)
+
+
 def families() -> list[Family]:
-    """Every family provided by an installed plugin."""
-    return [f for result in plugin_manager().hook.vitslim_families() for f in result]
+    """Every family provided by an installed plugin (asked once per process)."""
+    return list(_families())
 
 
 def importances() -> dict[str, object]:

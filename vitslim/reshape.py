@@ -48,23 +48,20 @@ def sync_attributes(module: nn.Module) -> None:
 
 
 def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family: Family) -> None:
-    """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`)."""
+    """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`): the
+    embedding parameters and each block's :func:`~vitslim.groups.block_members`, the same declarations
+    pruning removes channels from."""
+    from .groups import block_members
+
     if len(widths["blocks"]) != len(structure.blocks):
         raise ValueError(f"widths for {len(widths['blocks'])} blocks, the model has {len(structure.blocks)}")
+    params = dict(encoder.named_parameters())
     for name, axis in structure.embedding_params:
         _resize(encoder, name, axis, widths["embed_dim"])
     for block, w in zip(structure.blocks, widths["blocks"]):
-        inner = w["num_heads"] * w["head_dim"]
-        _resize(encoder, f"{block.attn.qkv}.weight", 0, 3 * inner)
-        if encoder.get_submodule(block.attn.qkv).bias is not None:
-            _resize(encoder, f"{block.attn.qkv}.bias", 0, 3 * inner)
-        _resize(encoder, f"{block.attn.proj}.weight", 1, inner)
-        for name, axis in block.attn.head_dim_params:
-            _resize(encoder, name, axis, w["head_dim"])
-        _resize(encoder, f"{block.mlp.fc1}.weight", 0, w["mlp_hidden"])
-        if encoder.get_submodule(block.mlp.fc1).bias is not None:
-            _resize(encoder, f"{block.mlp.fc1}.bias", 0, w["mlp_hidden"])
-        _resize(encoder, f"{block.mlp.fc2}.weight", 1, w["mlp_hidden"])
+        for m in block_members(block):
+            if m.param in params:  # e.g. a qkv without bias
+                _resize(encoder, m.param, m.axis, m.size(w["num_heads"], w["head_dim"], w["mlp_hidden"]))
         family.set_attention_shape(encoder.get_submodule(block.attn.module), w["num_heads"], w["head_dim"])
     sync_attributes(encoder)
     family.set_embed_dim(encoder, widths["embed_dim"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -35,15 +34,16 @@ def fetch(url: str, digest: str, algorithm: str = "sha256") -> Path:
     The download goes to a temporary file that is renamed only once verified, so an interrupted or
     corrupt download never poisons the cache.
     """
+    from .modelfile import atomic_write
+
     target = cache_dir() / url.rsplit("/", 1)[-1]
     if target.exists():
         if file_digest(target, algorithm) == digest:
             return target
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
-    os.close(fd)
-    try:
+
+    def download(tmp: str) -> None:
         try:
             urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs
         except (urllib.error.URLError, OSError) as exc:
@@ -57,11 +57,8 @@ def fetch(url: str, digest: str, algorithm: str = "sha256") -> Path:
                 f"checksum mismatch for {url} ({algorithm} {got}, expected {digest}): the download is "
                 f"corrupt; try again, or pass a verified file with --checkpoint PATH"
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    return atomic_write(target, download)  # an interrupted or corrupt download never reaches the cache
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:

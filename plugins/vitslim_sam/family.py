@@ -89,12 +89,15 @@ class SamFamily(Family):
         unknown = set(config) - set(DEFAULTS) - set(base)
         if unknown:
             raise UsageError(f"unknown SAM encoder argument(s): {', '.join(sorted(unknown))}")
-        model = build_sam({**base, **config})
+        weights, source = None, None  # read (or download) first: a bad file fails before SAM is built
         if checkpoint is not None:
-            self._load(model, read_state_dict(checkpoint), str(checkpoint))
+            weights, source = read_state_dict(checkpoint), str(checkpoint)
         elif pretrained:
             path = fetch(_URL + filename, md5, algorithm="md5")
-            self._load(model, read_state_dict(path), str(path))
+            weights, source = read_state_dict(path), str(path)
+        model = build_sam({**base, **config})
+        if weights is not None:
+            self._load(model, weights, source)
         set_info(model, self.name, name, config)
         return model
 
@@ -134,6 +137,9 @@ class SamFamily(Family):
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
         size = self.encoder(model).img_size
         return (3, size, size)
+
+    def input_size_config(self, size: int) -> dict[str, Any]:
+        return {"img_size": size}
 
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """SAM's own preprocessing: longest side to img_size, normalise, pad to a square."""

@@ -118,6 +118,9 @@ class TimmFamily(Family):
         chans = model.patch_embed.proj.in_channels
         return (chans, *model.patch_embed.img_size)
 
+    def input_size_config(self, size: int) -> dict[str, Any]:
+        return {"img_size": size}
+
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """The model's own eval transform (timm's data config: size, crop, mean, std)."""
         from timm.data import create_transform, resolve_data_config
