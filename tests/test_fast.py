@@ -138,11 +138,12 @@ def test_bench_runs_end_to_end_with_valid_json(capsys):
     from vitslim.cli import main
 
     main(["bench", "timm:vit_tiny_patch16_224", "timm:vit_tiny_patch16_224@0.5",
-          "timm:vit_tiny_patch16_224@0.5:heads", "--fast", "--onnxruntime", "--runs", "2", "--json"])
+          "timm:vit_tiny_patch16_224@0.5:heads", "--fast", "--onnxruntime", "--runs", "1", "--rounds", "2", "--json"])
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
     assert [r["path"] for r in rows] == ["plain", "fast", "onnxruntime"] * 3
-    assert all(r.get("error") is None and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in rows)
+    assert all(r.get("error") is None and r["median_ms"] > 0 and r["rounds"] == 2 and r["runs"] == 2 for r in rows)
+    assert all(r["spread_ms"][0] <= r["median_ms"] <= r["spread_ms"][1] for r in rows)
     assert all(r["speedup"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"]) for r in rows)
     assert rows[3]["params"] < rows[0]["params"] and result["device_type"] == "cpu"
 
@@ -150,7 +151,7 @@ def test_bench_runs_end_to_end_with_valid_json(capsys):
 def test_bench_times_each_named_kernel():
     from vitslim.bench import benchmark
 
-    result = benchmark(["sam-b"], img_size=64, runs=1, warmup=0, fast=True, kernels=["sdpa", "flex"],
+    result = benchmark(["sam-b"], img_size=64, runs=1, rounds=1, warmup=0, fast=True, kernels=["sdpa", "flex"],
                        device="cpu")
     assert [r["path"] for r in result["rows"]] == ["plain", "fast", "fast:sdpa", "fast:flex"]
     assert all(r.get("error") is None and r["median_ms"] > 0 for r in result["rows"])  # no kernel failed
@@ -168,13 +169,13 @@ def test_bench_reports_a_failing_row_and_goes_on(monkeypatch, capsys):
         return real(encoder, x, runs, warmup)
 
     monkeypatch.setattr(bench, "time_encoder", fail_fast_rows)
-    result = bench.benchmark(["sam-b", "sam-b@0.5"], img_size=64, runs=1, warmup=0, fast=True, device="cpu")
+    result = bench.benchmark(["sam-b", "sam-b@0.5"], img_size=64, runs=1, rounds=1, warmup=0, fast=True, device="cpu")
     failed = [r for r in result["rows"] if r["path"] == "fast"]
     assert [r["error"] for r in failed] == ["RuntimeError: operation not permitted when stream is capturing"] * 2
     assert all(r["median_ms"] is None and r["speedup"] is None for r in failed)
     plain = [r for r in result["rows"] if r["path"] == "plain"]
     assert plain[0]["speedup"] == 1.0 and plain[1]["median_ms"] > 0
-    main(["bench", "sam-b", "--img-size", "64", "--runs", "1", "--warmup", "0", "--fast"])
+    main(["bench", "sam-b", "--img-size", "64", "--runs", "1", "--rounds", "1", "--warmup", "0", "--fast"])
     assert "sam-b (fast) failed: RuntimeError" in capsys.readouterr().out
 
 

@@ -104,8 +104,9 @@ def time_encoder(encoder: Callable, x: torch.Tensor, runs: int, warmup: int) -> 
     return times
 
 
-def time_onnxruntime(model: nn.Module, batch: int, runs: int, warmup: int) -> list[float]:
-    """Milliseconds per run of the exported encoder in onnxruntime (CPU, torch's thread count)."""
+def onnxruntime_timer(model: nn.Module, batch: int) -> Callable[[int, int], list[float]]:
+    """A timer of the exported encoder in onnxruntime (CPU, torch's thread count): ``timer(runs, warmup)``
+    gives milliseconds per run."""
     import tempfile
 
     import onnxruntime as ort
@@ -120,18 +121,23 @@ def time_onnxruntime(model: nn.Module, batch: int, runs: int, warmup: int) -> li
         opts.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = torch.randn(batch, *family.input_shape(model)).numpy()
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        session.run(None, {"image": x})
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    return times
+
+    def timer(runs: int, warmup: int) -> list[float]:
+        times = []
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            session.run(None, {"image": x})
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    return timer
 
 
-def _time_variant(model: nn.Module, family, kernel: str | None, batch: int, runs: int, warmup: int, dtype: str,
-                  device: str, compile: bool, cuda_graphs: bool) -> list[float]:
-    """Times of one row: ``model`` as it is (``kernel`` None) or a copy after ``optimize(kernel)``."""
+def variant_timer(model: nn.Module, family, kernel: str | None, batch: int, dtype: str, device: str,
+                  compile: bool, cuda_graphs: bool) -> Callable[[int, int], list[float]]:
+    """A timer of one row, prepared once: ``model`` as it is (``kernel`` None) or a copy after
+    ``optimize(kernel)``; ``timer(runs, warmup)`` gives milliseconds per forward."""
     from .api import optimize
 
     m = model if kernel is None else optimize(copy.deepcopy(model), kernel=kernel)
@@ -141,42 +147,51 @@ def _time_variant(model: nn.Module, family, kernel: str | None, batch: int, runs
     x = torch.randn(batch, *family.input_shape(m), device=device, dtype=DTYPES[dtype])
     if cuda_graphs:
         encoder = cuda_graphed(encoder, x)
-    return time_encoder(encoder, x, runs, warmup)
+    return lambda runs, warmup: time_encoder(encoder, x, runs, warmup)
 
 
-def _timed(measure: Callable[[], list[float]]) -> dict[str, Any]:
-    """Median, p90 and count of ``measure()``'s times, or the reason it failed (one row of a run
-    failing, e.g. a model that CUDA graphs cannot capture, leaves the others standing)."""
+def _failure(exc: Exception) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}"[:200]
+
+
+def _guarded(action: Callable[[], Any]) -> tuple[Any, str | None]:
+    """``action()``, or the one-line reason it failed (one row failing, e.g. a model that CUDA graphs
+    cannot capture, leaves the others standing); the user's own mistakes still raise."""
     try:
-        times = measure()
-    except VitslimError:  # the user's mistake (an unknown kernel, say): one clear line, not a row
+        return action(), None
+    except VitslimError:  # an unknown kernel, say: one clear line, not a row
         raise
     except Exception as exc:  # noqa: BLE001 - reported in the row, the run goes on
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {"median_ms": None, "p90_ms": None, "runs": 0, "error": f"{type(exc).__name__}: {message}"[:200]}
-    return {"median_ms": statistics.median(times), "p90_ms": _quantile(times, 0.9), "runs": len(times)}
+        return None, _failure(exc)
 
 
 def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup: int = 1, fast: bool = False,
               dtype: str = "fp32", device: str | None = None, compile: bool = False,
               img_size: int | None = None, onnxruntime: bool = False, kernels: list[str] | None = None,
-              cuda_graphs: bool = False, progress=None) -> dict[str, Any]:
+              cuda_graphs: bool = False, rounds: int = 3, progress=None) -> dict[str, Any]:
     """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize` (row
     ``fast``), with ``kernels`` also once per named fused kernel (rows ``fast:KERNEL``), and with
     ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU. ``compile`` wraps each
-    encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only). A row that
-    fails has ``median_ms`` None and an ``error``; speed-ups are against the first timed row."""
+    encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only).
+
+    Rows are interleaved: every row is prepared first, then each of ``rounds`` rounds times every row
+    ``runs`` times in turn, so that a machine's drift hits all rows alike. A row reports the median of
+    its round medians, their ``spread_ms`` (min, max) and the p90 of all its runs; a row that fails has
+    ``median_ms`` None and an ``error``. Speed-ups are against the first timed row."""
     from .api import inspect, is_model_file
     from .registry import family_for_name, family_of
 
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}': choose fp32, fp16 or bf16")
+    if rounds < 1:
+        raise UsageError(f"rounds must be >= 1, got {rounds}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("CUDA graphs need a CUDA device (--device cuda)")
     paths = [("plain", None)] + ([("fast", "auto")] if fast else []) + [(f"fast:{k}", k) for k in kernels or []]
-    runs = runs or (50 if device.startswith("cuda") else 3)
-    rows = []
+    runs = runs or (50 if device.startswith("cuda") else 1)
+    rows, timers, family, model = [], [], None, None
     for spec in specs:
         name = spec.partition("@")[0]
         config = family_for_name(name).input_size_config(img_size) if img_size and not is_model_file(spec) else {}
@@ -185,19 +200,40 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
         report = inspect(model)
         info = {"model": spec, "params": report["encoder"]["params"], "macs": report["encoder"]["macs"],
                 "macs_with_attention": report["encoder"]["macs_with_attention"]}
-        for label, kernel in paths:
-            if progress:
-                progress(f"{spec} ({label})")
-            rows.append({**info, "path": label, **_timed(
-                lambda: _time_variant(model, family, kernel, batch, runs, warmup, dtype, device, compile, cuda_graphs))})
+        prepared = [(label, (lambda m=model, k=kernel: variant_timer(m, family, k, batch, dtype, device, compile,
+                                                                     cuda_graphs))) for label, kernel in paths]
         if onnxruntime:
+            prepared.append(("onnxruntime", lambda m=model: onnxruntime_timer(m, batch)))
+        for label, prepare in prepared:
             if progress:
-                progress(f"{spec} (onnxruntime)")
-            rows.append({**info, "path": "onnxruntime", **_timed(lambda: time_onnxruntime(model, batch, runs, warmup))})
+                progress(f"{spec} ({label}): preparing")
+            timer, error = _guarded(prepare)
+            rows.append({**info, "path": label, "error": error, "times": [], "round_medians": []})
+            timers.append(timer)
+    for r in range(rounds):
+        for row, timer in zip(rows, timers):
+            if row["error"] is not None:
+                continue
+            if progress:
+                progress(f"{row['model']} ({row['path']}): round {r + 1}/{rounds}")
+            times, row["error"] = _guarded(lambda: timer(runs, warmup if r == 0 else 0))
+            if times is not None:
+                row["times"] += times
+                row["round_medians"].append(statistics.median(times))
+    for row in rows:
+        ok = row["error"] is None and row["times"]
+        meds, times = row.pop("round_medians"), row.pop("times")
+        row.update({"median_ms": statistics.median(meds) if ok else None,
+                    "spread_ms": [min(meds), max(meds)] if ok else None,
+                    "p90_ms": _quantile(times, 0.9) if ok else None, "runs": len(times) if ok else 0,
+                    "rounds": len(meds) if ok else 0})
+        if row["error"] is None:
+            del row["error"]
     timed = [r for r in rows if r["median_ms"] is not None]
     for r in rows:
         r["speedup"] = timed[0]["median_ms"] / r["median_ms"] if timed and r["median_ms"] is not None else None
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
     return {"device": name, "device_type": torch.device(device).type, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "dtype": dtype, "batch": batch, "compile": compile, "cuda_graphs": cuda_graphs,
+            "rounds": rounds, "runs_per_round": runs,
             "input": list(family.input_shape(model)) if rows else None, "rows": rows}

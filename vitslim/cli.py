@@ -337,7 +337,9 @@ def eval_cmd(
 def bench(
     models: Annotated[list[str], typer.Argument(help="Specs: sam-b, sam-b@0.77, sam-b@0.77:heads, timm:NAME@0.5, or files.")],
     batch: Annotated[int, typer.Option("--batch", help="Images per forward.")] = 1,
-    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs (default: 50 on GPU, 3 on CPU).")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per round (default: 50 on GPU, 1 on CPU).")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds over all rows (the median of round "
+                      "medians is reported, with their spread).")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 1,
     fast: Annotated[bool, typer.Option("--fast", help="Also time the fused-attention path (vitslim.optimize).")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 | fp16 | bf16")] = "fp32",
@@ -357,17 +359,19 @@ def bench(
     with console.status("timing") as status:
         result = benchmark(models, batch=batch, runs=runs, warmup=warmup, fast=fast, dtype=dtype,
                            device=device, compile=compile, img_size=img_size, onnxruntime=onnxruntime,
-                           kernels=kernel, cuda_graphs=cuda_graphs, progress=lambda text: status.update(f"timing {text}"))
+                           kernels=kernel, cuda_graphs=cuda_graphs, rounds=rounds,
+                           progress=lambda text: status.update(f"timing {text}"))
     if as_json:
         print(json.dumps(result, indent=2))
         return
     table = Table(title=f"{result['device']} ({result['threads']} threads), torch {result['torch']}, "
-                        f"{result['dtype']}, batch {result['batch']}, input {result['input']}")
-    for col in ("model", "path", "params", "MACs", "MACs+attn", "median ms", "p90 ms", "speed-up"):
+                        f"{result['dtype']}, batch {result['batch']}, input {result['input']}, "
+                        f"{result['rounds']} rounds x {result['runs_per_round']} runs")
+    for col in ("model", "path", "params", "MACs", "MACs+attn", "median ms", "spread ms", "p90 ms", "speed-up"):
         table.add_column(col, justify="right", overflow="fold")  # wrap long specs rather than cut them
     for r in result["rows"]:
-        timing = ([f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['speedup']:.2f}x"]
-                  if r["median_ms"] is not None else ["failed", "", ""])
+        timing = ([f"{r['median_ms']:.1f}", f"{r['spread_ms'][0]:.0f}-{r['spread_ms'][1]:.0f}", f"{r['p90_ms']:.1f}",
+                   f"{r['speedup']:.2f}x"] if r["median_ms"] is not None else ["failed", "", "", ""])
         table.add_row(r["model"], r["path"], _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["macs_with_attention"]), *timing)
     console.print(table)
     for r in result["rows"]:
