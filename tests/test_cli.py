@@ -229,3 +229,12 @@ def test_timm_eval_values(tiny_timm, photos):
     pruned = vitslim.prune(tiny_timm, 0.5, importance="magnitude")
     other = vitslim.evaluate(pruned, tiny_timm, limit=4)
     assert other["images"] == 4 and other["output_cosine"] < 0.999
+
+
+def test_short_timm_names_resolve_and_unknown_ones_suggest(capsys):
+    code, out, err = run(["inspect", "timm:vit_base"], capsys)
+    assert code == 0, err
+    assert "timm:vit_base is timm:vit_base_patch16_224" in out and "86.57M" in out
+    code, _, err = run(["inspect", "timm:vit_bse"], capsys)
+    assert code == 2 and "closest are vit_base" in one_error_line(err)
+    assert vitslim.info.get_info(vitslim.create("timm:dinov2_small", pretrained=False))["name"] == "timm:vit_small_patch14_dinov2"

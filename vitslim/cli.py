@@ -82,7 +82,7 @@ def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) ->
 def _warn_samples(data: Optional[str]) -> None:
     if data is None:
         err_console.print("[yellow]warning:[/yellow] no --data given: using scikit-image's 10 sample photos; "
-                          "real compression wants thousands of images", highlight=False)
+                          "real compression wants thousands of images (--epochs 1 for a quick try)", highlight=False)
 
 
 def _history_line(step: dict) -> str:
@@ -159,6 +159,8 @@ def inspect(model: ModelArg, as_json: AsJson = False) -> None:
         print(json.dumps(report, indent=2))
         return
     title = f"{report['name']} ({report['family']})" + (f" - {report['file']}" if "file" in report else "")
+    if "file" not in report and report["name"] not in (None, model):
+        console.print(f"{model} is {report['name']}", highlight=False)
     table = Table(title=title)
     for col in ("block", "heads", "head dim", "attn width", "MLP hidden"):
         table.add_column(col, justify="right")

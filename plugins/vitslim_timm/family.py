@@ -14,6 +14,8 @@ from vitslim.info import set_info
 from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
 from vitslim.weights import load_into, read_state_dict
 
+from .names import resolve
+
 PREFIX = "timm:"
 
 
@@ -50,7 +52,7 @@ class TimmFamily(Family):
     name = "timm"
 
     def model_names(self) -> list[str]:
-        return [PREFIX + "<model>"]
+        return [PREFIX + "<model>", PREFIX + "<short name, e.g. vit_base, deit_small, dinov2_base>"]
 
     def handles(self, name: str) -> bool:
         return name.startswith(PREFIX)
@@ -58,9 +60,7 @@ class TimmFamily(Family):
     def create(self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any):
         import timm
 
-        arch = name[len(PREFIX):]
-        if not timm.is_model(arch):
-            raise UsageError(f"unknown timm model '{arch}' (list them with `timm.list_models('vit_*')`)")
+        arch = resolve(name[len(PREFIX):])  # short names: vit_base -> vit_base_patch16_224
         use_hub = pretrained and checkpoint is None
         if use_hub and not _hub_reachable():
             _hub_offline()  # weights already in the Hugging Face cache still load; nothing retries for minutes
@@ -78,7 +78,7 @@ class TimmFamily(Family):
         self._check(model, arch)
         if checkpoint is not None:
             load_into(model, read_state_dict(checkpoint), str(checkpoint))
-        set_info(model, self.name, name, config)
+        set_info(model, self.name, PREFIX + arch, config)
         return model.eval()
 
     @staticmethod
