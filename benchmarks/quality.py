@@ -157,6 +157,8 @@ def summarise(rows: list[dict]) -> None:
             continue
         label = {"teacher": "teacher", "prune": f"prune {r.get('criterion')} {r.get('ranking')}",
                  "compress": f"{r.get('schedule')} {r.get('criterion')}"}[r["section"]]
+        if r.get("options"):
+            label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) + "]"
         column = "" if r["section"] == "teacher" else (
             f"{r['ratio']}" + (f" @ {r['fraction']:.0%}" if r["section"] == "compress" else ""))
         groups.setdefault((r["testbed"], r["section"], label, column), []).append(r)

@@ -35,7 +35,8 @@ class Augment:
     def describe(self) -> str:
         """The spec that :func:`parse_augment` turns back into these views."""
         items = (["flip"] if self.flip else []) + ([f"crop={self.crop:g}"] if self.crop < 1 else [])
-        items += ([f"jitter={self.jitter:g}"] if self.jitter > 0 else []) + ([f"mixup={self.mixup:g}"] if self.mixup > 0 else [])
+        items += [f"jitter={self.jitter:g}"] if self.jitter > 0 else []
+        items += [f"mixup={self.mixup:g}"] if self.mixup > 0 else []
         return ",".join(items) or "none"
 
     @property
@@ -52,9 +53,8 @@ class Augment:
         if self.jitter > 0:
             out = _jitter(out, self.jitter, gen)
         if self.mixup > 0 and n > 1:
-            lam = _beta(n, self.mixup, gen)
-            partner = torch.randperm(n, generator=gen)
-            lam = lam.view(n, 1, 1, 1)
+            lam = _beta(n, self.mixup, gen).view(n, 1, 1, 1).to(out.device)
+            partner = torch.randperm(n, generator=gen).to(out.device)
             out = lam * out + (1 - lam) * out[partner]
         return out.to(x.dtype)
 

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..errors import UsageError, VitslimError
-from .checkpoint import Checkpointer, WorkdirLock, default_workdir, load_checkpoint, run_identity, set_rng_state
+from .checkpoint import (CHECKPOINT, Checkpointer, WorkdirLock, default_workdir, load_checkpoint, run_identity,
+                         set_rng_state)
 from .options import PruneOptions, TrainOptions
 from .schedules import build_schedule
 from .stage import RunState, run_stage
@@ -122,6 +123,8 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
     opts = train.resolved(family.describe(model).embed_dim, device, steps_per_epoch)
     stages = build_schedule(opts.schedule, ratio, opts.epochs, opts.alpha)
     identity = run_identity(model, dataset, ratio, prune.describe(), opts.describe())
+    if resume and not (workdir / CHECKPOINT).is_file():  # before the lock creates the folder
+        raise UsageError(f"nothing to resume: no {workdir / CHECKPOINT} (start without --resume)")
     with WorkdirLock(workdir) if rank == 0 else nullcontext():
         state = load_checkpoint(workdir, identity) if resume else None
         from ..progress import StageProgress
