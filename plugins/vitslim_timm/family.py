@@ -19,6 +19,11 @@ from .names import resolve
 PREFIX = "timm:"
 
 
+def _qualname(module: object) -> str:
+    """``eva.EvaAttention``: a class name with its timm module, since several are called Attention."""
+    return f"{type(module).__module__.rpartition('.')[2]}.{type(module).__name__}" if module is not None else "none"
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers at all (one TCP connection, a few seconds at most)."""
     import os
@@ -89,20 +94,25 @@ class TimmFamily(Family):
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
             raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
+        if not isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
+            raise UsageError(f"timm:{arch} is not supported: it has no convolutional patch embedding "
+                             f"(patch_embed.proj)")
         for i, blk in enumerate(blocks):
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
-            if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+            if type(attn) is not Attention:
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no plain timm Attention "
-                    f"(attn.qkv/attn.proj), found {type(attn).__name__}"
+                    f"(attn.qkv/attn.proj), found {_qualname(attn)}"
                 )
+            if getattr(attn, "gate", None) is not None:
+                raise UsageError(f"timm:{arch} is not supported: block {i} gates its attention output")
             if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
                 raise UsageError(f"timm:{arch} is not supported: block {i} normalises the attention output "
                                  f"(scale_norm), which head pruning cannot keep exact")
             if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no plain timm Mlp (mlp.fc1/mlp.fc2), "
-                    f"found {type(mlp).__name__}"
+                    f"found {_qualname(mlp)}"
                 )
         if getattr(model, "attn_pool", None) is not None:
             raise UsageError(f"timm:{arch} is not supported: attention-pooling heads are not handled yet")
