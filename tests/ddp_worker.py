@@ -17,9 +17,10 @@ def compress_once(lr: float = 1e-3) -> dict:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(9, 3, 64, 64, generator=g)  # 8 training images + 1 validation image
     # augmented views are drawn per process (mixup partners come from each process's share of the
-    # batch), so the equality of 2 processes and 1 holds for the plain images
+    # batch), so the equality of 2 processes and 1 holds for the plain images; uniform ranking keeps the
+    # widths independent of training, so runs with other learning rates can be compared
     out = vitslim.compress(model, 0.5, data=x, epochs=1, batch_size=4, lr=lr, importance_batches=1,
-                           augment="none", progress=False, workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"))
+                           augment="none", ranking="uniform", progress=False, workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"))
     return {k: v.clone() for k, v in out.state_dict().items()}
 
 

@@ -56,7 +56,9 @@ def test_compress_sam_end_to_end(sam_file, image_dir, tmp_path, capsys):
     from vitslim.engine.run import split
 
     held_out = [find_images(image_dir)[i] for i in split(4, 0.1, 0)[1]]
-    assert summary["eval"] == vitslim.evaluate(vitslim.load(out), vitslim.load(sam_file), images=held_out)
+    # (the summary evaluated the in-memory student, with its fused attention: a pixel may differ)
+    assert summary["eval"] == pytest.approx(vitslim.evaluate(vitslim.load(out), vitslim.load(sam_file), images=held_out),
+                                            abs=1e-3)
     assert summary["eval"]["prompts"] > 0
     from segment_anything import SamPredictor
 
