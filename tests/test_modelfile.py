@@ -90,3 +90,37 @@ def test_save_is_atomic_and_checks_folder(tiny_timm, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         vitslim.save(tiny_timm, target)
     assert not target.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("which", ["tiny_sam", "tiny_timm"])
+def test_safetensors_file_is_bit_identical_and_pickle_free(which, request, tmp_path, photos):
+    import json
+
+    from safetensors import safe_open
+
+    model = _shrink_by_hand(request.getfixturevalue(which))
+    path = vitslim.save(vitslim.prune(model, 0.5, importance="magnitude"), tmp_path / "m.safetensors")
+    loaded = vitslim.load(path)
+    original = vitslim.load(vitslim.save(vitslim.prune(model, 0.5, importance="magnitude"), tmp_path / "m.pt"))
+    assert vitslim.describe(loaded).widths() == vitslim.describe(original).widths()
+    for (k, a), (k2, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    with safe_open(str(path), "pt") as f:  # the description is JSON in the header; no pickle anywhere
+        meta = f.metadata()
+    described = json.loads(meta["vitslim"])
+    assert meta["format"] == "vitslim.model" and described["widths"] == vitslim.describe(loaded).widths()
+    assert described["history"][-1]["step"] == "prune"
+    assert b"\x80\x04" not in path.read_bytes()[:64]  # not a pickle stream
+    assert vitslim.inspect(path)["widths"] == described["widths"]
+
+
+def test_truncated_or_foreign_safetensors_files(tiny_timm, tmp_path):
+    from safetensors.torch import save_file
+
+    data = vitslim.save(tiny_timm, tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated, corrupt"):
+        vitslim.load(tmp_path / "trunc.safetensors")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ModelFileError, match="without a vitslim description"):
+        vitslim.load(tmp_path / "foreign.safetensors")

@@ -34,7 +34,7 @@ def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | N
 def is_model_file(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` names a saved model file rather than a model name."""
     text = str(spec)
-    return os.path.exists(text) or text.endswith((".pt", ".pth"))
+    return os.path.exists(text) or text.endswith((".pt", ".pth", ".safetensors"))
 
 
 def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str | None = None,

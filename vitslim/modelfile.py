@@ -1,11 +1,14 @@
 """The vitslim model file: architecture description + weights + provenance, never a pickled module.
 
-The file is a plain ``torch.save`` of a dict of strings, numbers, lists and tensors, so
-``torch.load(path, weights_only=True)`` opens it.
+Two containers, chosen by the file name: ``.safetensors`` (the weights, with the description and
+provenance as JSON in the header's metadata; nothing pickled, memory-mapped when read) and anything
+else (``.pt``: a plain ``torch.save`` of a dict of strings, numbers, lists and tensors, which
+``torch.load(path, weights_only=True)`` opens). Both hold the same payload and load alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +21,7 @@ from .info import get_info, set_info
 
 FORMAT = "vitslim.model"
 FORMAT_VERSION = 1
+SAFETENSORS = (".safetensors",)
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -70,10 +74,57 @@ def to_payload(model: nn.Module) -> dict:
     }
 
 
+def is_safetensors_name(path: str | os.PathLike) -> bool:
+    return str(path).endswith(SAFETENSORS)
+
+
+def _write_safetensors(payload: dict, tmp: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for k, v in payload["state_dict"].items():  # tensors sharing memory (tied weights) are stored twice
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        tensors[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    described = {k: v for k, v in payload.items() if k != "state_dict"}
+    save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                                      "vitslim": json.dumps(described)})
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model`` (architecture, weights, provenance) to ``path`` atomically."""
+    """Write ``model`` (architecture, weights, provenance) to ``path`` atomically: safetensors for a
+    ``.safetensors`` name, else a weights_only-safe ``torch.save``."""
     payload = to_payload(model)
+    if is_safetensors_name(path):
+        return atomic_write(path, lambda tmp: _write_safetensors(payload, tmp))
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes) and then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def _read_safetensors(p: Path) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(p))  # memory-mapped
+    except Exception as exc:  # noqa: BLE001 - a truncated or damaged file
+        raise ModelFileError(f"cannot read {p}: truncated, corrupt or not a vitslim model file "
+                             f"({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT or "vitslim" not in meta:
+        raise ModelFileError(f"{p} is a safetensors file without a vitslim description (save one with "
+                             f"`vitslim.save` or `vitslim compress`)")
+    payload = json.loads(meta["vitslim"])
+    payload["format_version"] = int(meta.get("format_version", 0))
+    payload["state_dict"] = state
+    return payload
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -81,10 +132,17 @@ def read(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"model file not found: {p}")
+    if _looks_like_safetensors(p):
+        payload = _read_safetensors(p)
+        return _checked(payload, p)
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, ...
         raise ModelFileError(f"cannot read {p}: truncated, corrupt or not a vitslim model file ({type(exc).__name__})") from None
+    return _checked(payload, p)
+
+
+def _checked(payload: dict, p: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{p} is not a vitslim model file (save one with `vitslim.save` or `vitslim compress`)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
