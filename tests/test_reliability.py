@@ -247,3 +247,5 @@ def test_inspect_shows_history_as_sentences(tiny_timm, images, tmp_path, capsys)
     history = [line for line in text.splitlines() if line.startswith("history:")]
     assert len(history) == 3 and "{" not in "".join(history)
     assert "distill: alternate to 0.5" in history[-1]
+    assert "attn kept" in text and "#####.....  50%" in text  # kept fractions per block, as bars
+    assert "embedding width: 24 (#####.....  50%)" in text

@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Structured compression of Vision Transformers (SlimSAM's alternate slimming).",
 )
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)  # files and pipes: no 80-column wrap
 err_console = Console(stderr=True, soft_wrap=True)
 
 # -- options shared by several commands (one declaration each) ----------------------------------------
@@ -77,6 +77,12 @@ def _show(data: dict, as_json: bool, title: str, rows: list[tuple[str, str]]) ->
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _bar(fraction: float, width: int = 10) -> str:
+    """A kept fraction at a glance: ``######....  62%``."""
+    filled = round(fraction * width)
+    return f"{'#' * filled}{'.' * (width - filled)} {fraction:4.0%}"
 
 
 def _warn_samples(data: Optional[str]) -> None:
@@ -161,13 +167,23 @@ def inspect(model: ModelArg, as_json: AsJson = False) -> None:
     title = f"{report['name']} ({report['family']})" + (f" - {report['file']}" if "file" in report else "")
     if "file" not in report and report["name"] not in (None, model):
         console.print(f"{model} is {report['name']}", highlight=False)
+    base = next((step["widths_before"] for step in report["history"] if "widths_before" in step), None)
     table = Table(title=title)
     for col in ("block", "heads", "head dim", "attn width", "MLP hidden"):
         table.add_column(col, justify="right")
+    if base is not None:
+        table.add_column("attn kept", no_wrap=True)
+        table.add_column("MLP kept", no_wrap=True)
     for i, b in enumerate(report["widths"]["blocks"]):
-        table.add_row(str(i), str(b["num_heads"]), str(b["head_dim"]), str(b["num_heads"] * b["head_dim"]), str(b["mlp_hidden"]))
+        row = [str(i), str(b["num_heads"]), str(b["head_dim"]), str(b["num_heads"] * b["head_dim"]), str(b["mlp_hidden"])]
+        if base is not None:
+            b0 = base["blocks"][i]
+            row += [_bar(b["num_heads"] * b["head_dim"] / (b0["num_heads"] * b0["head_dim"])),
+                    _bar(b["mlp_hidden"] / b0["mlp_hidden"])]
+        table.add_row(*row)
     console.print(table)
-    console.print(f"embedding width: {report['widths']['embed_dim']}   input: {report['input_shape']}")
+    kept = f" ({_bar(report['widths']['embed_dim'] / base['embed_dim'])})" if base is not None else ""
+    console.print(f"embedding width: {report['widths']['embed_dim']}{kept}   input: {report['input_shape']}")
     for part in ("encoder", "model"):
         r = report[part]
         console.print(f"{part:8s} params {_fmt(r['params'])}   MACs {_fmt(r['macs'])} (modules, torch-pruning)   "
