@@ -143,7 +143,25 @@ def _key(job: dict) -> str:
         sort_keys=True)
 
 
-def summarise(rows: list[dict]) -> None:
+class _Markdown:
+    """A stand-in for rich's Table that prints a Markdown table (for the README)."""
+
+    def __init__(self, title: str):
+        self.title, self.columns, self.rows = title, [], []
+
+    def add_column(self, name: str, **_) -> None:
+        self.columns.append(name)
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def __str__(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "---|" * len(self.columns)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self.rows]) + "\n"
+
+
+def summarise(rows: list[dict], markdown: bool = False) -> None:
     """Tables: mean over seeds of each testbed's headline metric, with the min-max range."""
     from rich.console import Console
     from rich.table import Table
@@ -151,6 +169,9 @@ def summarise(rows: list[dict]) -> None:
     from vitslim.testbed import get_testbed
 
     console = Console(width=140)
+    if markdown:
+        Table = _Markdown  # noqa: N806 - same interface
+        console.print = print
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if "metrics" not in r:
@@ -189,6 +210,23 @@ def summarise(rows: list[dict]) -> None:
                     cells.append(cell)
                 table.add_row(label, *cells)
             console.print(table)
+        sized = [r for r in rows if r["testbed"] == testbed and "params" in r and r["section"] != "teacher"]
+        if sized:
+            table = Table(title=f"{testbed} — sizes and time (mean per run)")
+            for col in ("ratio", "encoder params", "MACs", "prune s", "compress s (1 core)"):
+                table.add_column(col, justify="right")
+            for ratio in sorted({r["ratio"] for r in sized}):
+                rs = [r for r in sized if r["ratio"] == ratio]
+
+                def mean(key, section):
+                    vals = [r[key] for r in rs if r["section"] == section and r.get(key) is not None]
+                    return sum(vals) / len(vals) if vals else None
+
+                secs = [mean("seconds", "prune"), mean("seconds", "compress")]
+                table.add_row(str(ratio), f"{mean('params', 'prune') or mean('params', 'compress'):,.0f}",
+                              f"{mean('macs', 'prune') or mean('macs', 'compress'):,.0f}",
+                              *("-" if v is None else f"{v:.1f}" for v in secs))
+            console.print(table)
 
 
 def main() -> None:
@@ -208,10 +246,11 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", help="write rows here as they finish")
     ap.add_argument("--resume", action="store_true", help="skip the rows --json already holds")
     ap.add_argument("--table", metavar="JSON", help="only print the tables of an existing JSON file")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = ap.parse_args()
 
     if args.table:
-        summarise(json.loads(Path(args.table).read_text())["runs"])
+        summarise(json.loads(Path(args.table).read_text())["runs"], args.markdown)
         return
     _setup(args.threads)
     from vitslim.testbed import get_testbed
@@ -236,7 +275,7 @@ def main() -> None:
                   f"({row.get('seconds')} s)", file=sys.stderr, flush=True)
             if args.json_out:
                 Path(args.json_out).write_text(json.dumps(result, indent=1))
-    summarise(result["runs"])
+    summarise(result["runs"], args.markdown)
 
 
 if __name__ == "__main__":
