@@ -121,6 +121,32 @@ def test_compress_timm_writes_loadable_file(tiny_timm, tmp_path, capsys):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """Every bad file and folder of the battery, made once: placeholder -> path."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "empty").mkdir()
+    (tmp / "bad").mkdir()
+    (tmp / "bad" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp / "corrupt.pth").write_bytes(b"garbage" * 10)
+    torch.save({"layer1.0.conv1.weight": torch.zeros(3, 3)}, tmp / "timm.pth")
+    tiny = vitslim.create("sam-b", pretrained=False, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1])
+    torch.save(tiny.state_dict(), tmp / "tiny.pth")
+    from .conftest import TINY_SAM
+
+    sam = vitslim.save(vitslim.create("sam-b", pretrained=False, seed=0, **TINY_SAM), tmp / "tiny-sam.pt")
+    data = sam.read_bytes()
+    (tmp / "trunc.pt").write_bytes(data[: len(data) // 3])
+    ro = tmp / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    return {"{sam}": str(sam), "{tmp}": str(tmp), "{empty}": str(tmp / "empty"), "{bad}": str(tmp / "bad"),
+            "{corrupt}": str(tmp / "corrupt.pth"), "{timmckpt}": str(tmp / "timm.pth"),
+            "{tinyckpt}": str(tmp / "tiny.pth"), "{truncated}": str(tmp / "trunc.pt"), "{ro}": str(ro)}
+
+
 @pytest.mark.parametrize("argv,code,needle", [
     (["inspect", "not-a-model"], 2, "unknown model 'not-a-model'"),
     (["inspect", "timm:no_such_vit"], 2, "unknown timm model"),
@@ -145,27 +171,10 @@ def test_compress_timm_writes_loadable_file(tiny_timm, tmp_path, capsys):
     (["inspect", "{tmp}/missing.pt"], 1, "model file not found"),
     (["inspect", "{truncated}"], 1, "truncated, corrupt"),
 ])
-def test_bad_input_one_line(argv, code, needle, sam_file, tmp_path, capsys):
+def test_bad_input_one_line(argv, code, needle, bad_inputs, capsys):
     import os
 
-    from PIL import Image  # noqa: F401
-
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (tmp_path / "corrupt.pth").write_bytes(b"garbage" * 10)
-    torch.save({"layer1.0.conv1.weight": torch.zeros(3, 3)}, tmp_path / "timm.pth")
-    tiny = vitslim.create("sam-b", pretrained=False, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1])
-    torch.save(tiny.state_dict(), tmp_path / "tiny.pth")
-    data = Path(sam_file).read_bytes()
-    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 3])
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    os.chmod(ro, 0o500)
-    subs = {"{sam}": str(sam_file), "{tmp}": str(tmp_path), "{empty}": str(tmp_path / "empty"),
-            "{bad}": str(tmp_path / "bad"), "{corrupt}": str(tmp_path / "corrupt.pth"),
-            "{timmckpt}": str(tmp_path / "timm.pth"), "{tinyckpt}": str(tmp_path / "tiny.pth"),
-            "{truncated}": str(tmp_path / "trunc.pt"), "{ro}": str(ro)}
+    subs = bad_inputs
     args = []
     for a in argv:
         for k, v in subs.items():
