@@ -249,3 +249,22 @@ def test_short_timm_names_resolve_and_unknown_ones_suggest(capsys):
     code, _, err = run(["inspect", "timm:vit_bse"], capsys)
     assert code == 2 and "closest are vit_base" in one_error_line(err)
     assert vitslim.info.get_info(vitslim.create("timm:dinov2_small", pretrained=False))["name"] == "timm:vit_small_patch14_dinov2"
+
+
+def test_eval_saves_overlays_of_both_models_masks(tiny_sam, sam_file, tmp_path, capsys):
+    from PIL import Image
+
+    student = vitslim.save(vitslim.prune(tiny_sam, 0.5, importance="magnitude"), tmp_path / "student.pt")
+    code, out, err = run(["eval", student, "--teacher", sam_file, "--limit", "2", "--save-overlays",
+                          tmp_path / "overlays", "--json"], capsys)
+    assert code == 0, err
+    files = sorted((tmp_path / "overlays").glob("*.png"))
+    assert [f.name for f in files] == ["0000.png", "0001.png"]
+    sheet = np.asarray(Image.open(files[0]).convert("RGB")).astype(int)
+    from vitslim.data import sample_images
+
+    w = sample_images()[0].width
+    assert sheet.shape[1] == 2 * w + 8  # teacher | student
+    left, right = sheet[:, :w], sheet[:, w + 8:]
+    assert (left != right).any()  # different masks (or captions) on the same photo
+    assert json.loads(out)["prompts"] > 0

@@ -332,6 +332,8 @@ def eval_cmd(
                               "random weights from --seed.")] = False,
     seed: Seed = 0,
     limit: Annotated[int, typer.Option("--limit", help="Evaluate at most this many images (0: all).")] = 0,
+    save_overlays: Annotated[Optional[str], typer.Option("--save-overlays", metavar="DIR", help="Write one PNG per "
+                             "image of the teacher's and the student's outputs side by side (SAM: masks).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Label-free evaluation: SAM masks vs the teacher's (and SA-1B ground truth if present);
@@ -347,7 +349,7 @@ def eval_cmd(
     base = teacher or (get_info(s) or {}).get("name") or student
     t = open_model(base, pretrained=not random_weights, checkpoint=checkpoint, seed=seed)
     with console.status("evaluating"):
-        result = evaluate_model(s, t, data=data, limit=limit)
+        result = evaluate_model(s, t, data=data, limit=limit, overlays=save_overlays)
     _show(result, as_json, f"{student} vs {base}", [(k, _value(v)) for k, v in result.items()])
 
 

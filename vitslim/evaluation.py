@@ -12,11 +12,12 @@ from .errors import UsageError
 
 
 def evaluate(student: nn.Module, teacher: nn.Module | None = None, data: str | os.PathLike | None = None,
-             images: list | None = None, limit: int = 0) -> dict[str, Any]:
+             images: list | None = None, limit: int = 0, overlays: str | os.PathLike | None = None) -> dict[str, Any]:
     """Label-free metrics of ``student`` against ``teacher`` (default: the student's base model with its
     official weights), on the images of folder ``data`` (default: the scikit-image samples) or on
     ``images`` (paths or PIL images). SAM: mIoU of masks against the teacher's, and against SA-1B
-    ground truth where ``<image>.json`` sits beside an image; timm: top-1 agreement and output cosine."""
+    ground truth where ``<image>.json`` sits beside an image; timm: top-1 agreement and output cosine.
+    ``overlays``: a folder for one picture per image of both models' outputs (SAM: masks side by side)."""
     from .api import create
     from .data import find_images, load_image, sample_images
     from .info import get_info
@@ -42,4 +43,6 @@ def evaluate(student: nn.Module, teacher: nn.Module | None = None, data: str | o
         else:
             pil.append(item)
             annotations.append(None)
-    return family.evaluate(student, teacher, pil, annotations)
+    if overlays is None:  # families written before overlays existed take four arguments
+        return family.evaluate(student, teacher, pil, annotations)
+    return family.evaluate(student, teacher, pil, annotations, overlays=overlays)

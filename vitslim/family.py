@@ -64,10 +64,13 @@ class Family:
         """Turn one RGB PIL image into the encoder's input tensor (C, H, W)."""
         raise NotImplementedError
 
-    def evaluate(self, student: nn.Module, teacher: nn.Module, images: list, annotations: list | None = None) -> dict:
+    def evaluate(self, student: nn.Module, teacher: nn.Module, images: list, annotations: list | None = None,
+                 overlays: Any = None) -> dict:
         """Label-free agreement of ``student`` with ``teacher`` on RGB PIL ``images`` (a dict of metrics).
 
-        ``annotations`` holds, per image, the path of a ground-truth file beside it, or None.
+        ``annotations`` holds, per image, the path of a ground-truth file beside it, or None. ``overlays``
+        (optional): a folder for pictures of both models' outputs, one per image, where the family can
+        draw them.
         """
         raise NotImplementedError
 

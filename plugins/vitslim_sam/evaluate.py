@@ -51,9 +51,11 @@ def _prompts_from_teacher(predictor, image_hw, grid: int, seed: int):
 
 
 @torch.no_grad()
-def evaluate_sam(student, teacher, images: list, annotations: list | None = None, grid: int = 4, seed: int = 0) -> dict:
+def evaluate_sam(student, teacher, images: list, annotations: list | None = None, grid: int = 4, seed: int = 0,
+                 overlays: str | Path | None = None) -> dict:
     """mIoU of the student's masks against the teacher's (point and box prompts), and against SA-1B
-    ground truth (each annotation's point as one positive point; its box) where json files are given."""
+    ground truth (each annotation's point as one positive point; its box) where json files are given.
+    ``overlays``: a folder for one PNG per image of both models' masks on the same prompts."""
     from segment_anything import SamPredictor
 
     ps, pt = SamPredictor(student), SamPredictor(teacher)
@@ -64,8 +66,14 @@ def evaluate_sam(student, teacher, images: list, annotations: list | None = None
         ps.set_image(arr)
         points, boxes = _prompts_from_teacher(pt, arr.shape[:2], grid, seed + i)
         if len(points):
-            point_ious.append(_iou(_predict(ps, points=points), _predict(pt, points=points)))
+            student_masks, teacher_masks = _predict(ps, points=points), _predict(pt, points=points)
+            point_ious.append(_iou(student_masks, teacher_masks))
             box_ious.append(_iou(_predict(ps, boxes=boxes), _predict(pt, boxes=boxes)))
+            if overlays is not None:
+                from .overlay import write_overlay
+
+                write_overlay(Path(overlays) / f"{i:04d}.png", arr, points, boxes, teacher_masks, student_masks,
+                              float(point_ious[-1].mean()), float(box_ious[-1].mean()))
         ann = annotations[i] if annotations else None
         if ann is not None and Path(ann).is_file():
             records = json.loads(Path(ann).read_text()).get("annotations", [])

@@ -159,10 +159,10 @@ class SamFamily(Family):
         fuse_attention(self.encoder(model), kernel)
         return model
 
-    def evaluate(self, student, teacher, images, annotations=None) -> dict:
+    def evaluate(self, student, teacher, images, annotations=None, overlays=None) -> dict:
         from .evaluate import evaluate_sam
 
-        return evaluate_sam(student, teacher, images, annotations)
+        return evaluate_sam(student, teacher, images, annotations, overlays=overlays)
 
     def describe(self, model: nn.Module) -> Structure:
         enc = self.encoder(model)
