@@ -12,11 +12,11 @@ from .api import create, describe, inspect, load, optimize, save  # noqa: E402
 from .pruning import plan, prune  # noqa: E402
 from .compression import compress, compress_run  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
-from .export import export_onnx  # noqa: E402
+from .export import export_hf, export_onnx  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Family", "Structure", "AttentionSpec", "BlockSpec", "MlpSpec",
     "VitslimError", "UsageError", "ModelFileError", "WeightsError",
     "create", "describe", "inspect", "load", "optimize", "save", "plan", "prune", "compress", "compress_run",
-    "evaluate", "export_onnx",
+    "evaluate", "export_onnx", "export_hf",
 ]

@@ -31,6 +31,18 @@ def create(name: str, pretrained: bool = True, checkpoint: str | os.PathLike | N
         return family.create(name, pretrained=pretrained, checkpoint=checkpoint, **config)
 
 
+def open_folder(folder: str | os.PathLike) -> nn.Module:
+    """The model in a folder another library wrote (e.g. ``SamModel.save_pretrained``), read by the first
+    family that knows its layout."""
+    from .registry import families
+
+    for family in families():
+        model = family.open_folder(folder)
+        if model is not None:
+            return model
+    raise UsageError(f"{folder} is a folder no installed family reads (a transformers SAM folder, say)")
+
+
 def is_model_file(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` names a saved model file rather than a model name."""
     text = str(spec)
@@ -41,6 +53,8 @@ def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str
                seed: int | None = None) -> nn.Module:
     """A saved vitslim file (if ``spec`` is a path to one) or a model built by name (random weights
     seeded with ``seed`` when neither ``pretrained`` nor ``checkpoint``)."""
+    if os.path.isdir(spec):  # another library's model folder (transformers' SamModel, ...)
+        return open_folder(spec)
     if is_model_file(spec):
         if checkpoint is not None:
             raise UsageError(f"--checkpoint applies to model names, and {spec} is a model file")
@@ -79,7 +93,10 @@ def inspect(model: nn.Module | str | os.PathLike, macs: bool = True) -> dict:
     source: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
-        if is_model_file(spec):
+        if os.path.isdir(spec):
+            source = {"folder": spec}
+            model = open_folder(spec)
+        elif is_model_file(spec):
             payload = modelfile.read(spec)  # read once: its version for the report, its model to inspect
             source = {"file": spec, "vitslim_version": payload["vitslim_version"]}
             model = modelfile.from_payload(payload, spec).eval()

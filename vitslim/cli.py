@@ -402,21 +402,31 @@ def bench(
 @app.command()
 def export(
     model: ModelArg,
-    onnx: Annotated[str, typer.Option("--onnx", metavar="FILE", help="Output .onnx file.")],
+    onnx: Annotated[Optional[str], typer.Option("--onnx", metavar="FILE", help="Write the encoder as ONNX.")] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", metavar="DIR", help="Write a Hugging Face model folder "
+                  "(config.json + model.safetensors; SAM: transformers.SamModel).")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
+    checkpoint: Checkpoint = None,
     random_weights: RandomWeights = False,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
-    """Export a model's encoder (SAM: image encoder; timm: the model) to ONNX."""
+    """Export a model: its encoder as ONNX (--onnx), or the whole model as a Hugging Face folder (--hf)."""
     from .api import open_model
-    from .export import export_onnx
+    from .export import export_hf, export_onnx
 
-    path = _output(onnx, f"{_stem(model)}.onnx", [model], force, flag="--onnx")
-    m = open_model(model, pretrained=not random_weights, seed=seed)
-    with console.status(f"exporting {model} to {path}"):
-        export_onnx(m, path, opset=opset)
-    console.print(f"wrote {path}")
+    if not onnx and not hf:
+        raise UsageError("say what to write: --onnx FILE and/or --hf DIR")
+    path = _output(onnx, f"{_stem(model)}.onnx", [model], force, flag="--onnx") if onnx else None
+    if hf and Path(hf).resolve() in {Path(model).resolve(), *((Path(checkpoint).resolve(),) if checkpoint else ())}:
+        raise UsageError(f"--hf {hf} is an input of this command: write elsewhere")
+    m = open_model(model, pretrained=not random_weights, checkpoint=checkpoint, seed=seed)
+    if path is not None:
+        with console.status(f"exporting {model} to {path}"):
+            export_onnx(m, path, opset=opset)
+        console.print(f"wrote {path}")
+    if hf:
+        console.print(f"wrote {export_hf(m, hf, force=force)}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

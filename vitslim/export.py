@@ -1,4 +1,4 @@
-"""ONNX export of a model's encoder (SAM: the image encoder; timm: the whole model)."""
+"""Export: a model's encoder as ONNX, or the whole model as a Hugging Face folder (where the family can)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,30 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, batc
                               input_names=["image"], output_names=["output"])
 
     return atomic_write(path, write)
+
+
+def export_hf(model: nn.Module, folder: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``model`` as a Hugging Face model folder (``config.json`` + ``model.safetensors``) that the
+    family's library loads with ``from_pretrained`` (SAM: ``transformers.SamModel``). The folder is
+    written whole or not at all; an existing non-empty folder is refused unless ``force``."""
+    import shutil
+    import tempfile
+
+    from .errors import UsageError
+    from .registry import family_of
+
+    target = Path(folder)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        raise UsageError(f"{target} exists and is not an empty folder: choose another, or pass --force")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    family = family_of(model)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        family.export_hf(model, staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

@@ -37,6 +37,11 @@ class Family:
         """
         raise NotImplementedError
 
+    def open_folder(self, folder: Any) -> nn.Module | None:
+        """The model in a folder of another library's layout (a Hugging Face ``config.json`` folder, say)
+        if this family reads it, else None."""
+        return None
+
     def identify(self, model: nn.Module) -> tuple[str, dict] | None:
         """(name, config) that rebuild the base architecture of ``model``, or None if not ours."""
         raise NotImplementedError
@@ -73,6 +78,13 @@ class Family:
         draw them.
         """
         raise NotImplementedError
+
+    def export_hf(self, model: nn.Module, folder: Any) -> None:
+        """Write ``model`` into the (new, empty) ``folder`` as a Hugging Face model folder; families that
+        have no such layout refuse."""
+        from .errors import UsageError
+
+        raise UsageError(f"the {self.name} family has no Hugging Face export: keep the vitslim file")
 
     def optimize(self, model: nn.Module, kernel: str = "auto") -> nn.Module:
         """Swap in faster, numerically equivalent layers (in place); the default changes nothing.

@@ -61,11 +61,27 @@ def fetch(url: str, digest: str, algorithm: str = "sha256") -> Path:
     return atomic_write(target, download)  # an interrupted or corrupt download never reaches the cache
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # inside a Hugging Face model folder
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a weights file with ``weights_only=True``; one clear error for missing or unreadable files."""
+    """Read a weights file (``torch.load`` with ``weights_only=True``, or safetensors), or the weights of
+    a Hugging Face model folder; one clear error for missing or unreadable files."""
     p = Path(path)
+    if p.is_dir():
+        found = next((p / name for name in WEIGHT_FILES if (p / name).is_file()), None)
+        if found is None:
+            raise WeightsError(f"no weights in folder {p} (looked for {', '.join(WEIGHT_FILES)})")
+        p = found
     if not p.is_file():
         raise WeightsError(f"checkpoint file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as exc:  # noqa: BLE001 - truncated or not safetensors
+            raise WeightsError(f"cannot read checkpoint {p}: not a safetensors file or corrupt ({type(exc).__name__})") from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file

@@ -15,6 +15,9 @@ from vitslim.info import set_info
 from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
 from vitslim.weights import fetch, load_into, read_state_dict
 
+from .hf import (config_from_hf, fold_attention_scales, from_hf, is_hf_state_dict, read_hf_checkpoint,
+                 widths_from_state_dict)
+
 _URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 # name -> (encoder config, checkpoint file, its published MD5)
 SIZES: dict[str, tuple[dict, str, str]] = {
@@ -71,6 +74,19 @@ def build_sam(config: dict[str, Any]) -> nn.Module:
     return sam.eval()
 
 
+def _hf_scales(model: nn.Module) -> list[float]:
+    """transformers' attention scale per block: 1 / sqrt(the current head dim)."""
+    return [(b.attn.qkv.out_features // 3 // b.attn.num_heads) ** -0.5 for b in model.image_encoder.blocks]
+
+
+def _check_size(name: str, config: dict) -> None:
+    """A transformers checkpoint of another SAM size than the name asked for is a one-line error."""
+    depth = config.get("depth")
+    for other, (base, _, _) in SIZES.items():
+        if depth == base["depth"] and config.get("global_attn_indexes") == base["global_attn_indexes"] and other != name:
+            raise UsageError(f"the checkpoint is a {other} (its config.json has {depth} layers): use that name")
+
+
 class SamFamily(Family):
     """Segment Anything; the image encoder is what gets compressed."""
 
@@ -92,14 +108,35 @@ class SamFamily(Family):
         weights, source = None, None  # read (or download) first: a bad file fails before SAM is built
         if checkpoint is not None:
             weights, source = read_state_dict(checkpoint), str(checkpoint)
+            from_transformers = is_hf_state_dict(weights)
+            if from_transformers:  # transformers' SamModel: its names, its config.json, its attention scale
+                _, hf = read_hf_checkpoint(checkpoint)
+                weights = from_hf(weights)
+                config = {**(config_from_hf(hf) if hf else {}), **config}
+                _check_size(name, config)
         elif pretrained:
             path = fetch(_URL + filename, md5, algorithm="md5")
             weights, source = read_state_dict(path), str(path)
         model = build_sam({**base, **config})
         if weights is not None:
+            self._fit_widths(model, weights)  # a pruned checkpoint (SlimSAM's, vitslim's) has its own widths
+            if checkpoint is not None and from_transformers:
+                weights = fold_attention_scales(weights, _hf_scales(model), [b.attn.scale for b in model.image_encoder.blocks])
             self._load(model, weights, source)
         set_info(model, self.name, name, config)
         return model
+
+    def _fit_widths(self, model: nn.Module, state_dict: dict) -> None:
+        """Give the encoder the widths the checkpoint's tensors have, when they differ from the base's."""
+        from vitslim.reshape import apply_widths
+
+        prefix = "image_encoder." if any(k.startswith("image_encoder.") for k in state_dict) else ""
+        if f"{prefix}patch_embed.proj.weight" not in state_dict:
+            return  # not a SAM state dict: load_into explains
+        widths = widths_from_state_dict(state_dict, prefix)
+        structure = self.describe(model)
+        if len(widths["blocks"]) == len(structure.blocks) and widths != structure.widths():
+            apply_widths(self.encoder(model), structure, widths, self)
 
     @staticmethod
     def _load(model: nn.Module, state_dict: dict, source: str) -> None:
@@ -108,6 +145,23 @@ class SamFamily(Family):
             load_into(model.image_encoder, state_dict, source)
         else:
             load_into(model, state_dict, source)
+
+    def open_folder(self, folder) -> nn.Module | None:
+        """A transformers ``SamModel`` folder (``config.json`` with model_type sam): SAM-B, -L or -H by its
+        depth, with the checkpoint's widths (a SlimSAM-uniform folder is a pruned SAM-B)."""
+        import json
+        from pathlib import Path
+
+        config_file = Path(folder, "config.json")
+        if not config_file.is_file():
+            return None
+        hf = json.loads(config_file.read_text())
+        if hf.get("model_type") != "sam":
+            return None
+        overrides = config_from_hf(hf)
+        name = next((n for n, (base, _, _) in SIZES.items() if base["depth"] == overrides.get("depth")
+                     and base["global_attn_indexes"] == overrides.get("global_attn_indexes")), "sam-b")
+        return self.create(name, pretrained=False, checkpoint=str(folder))
 
     def identify(self, model: nn.Module):
         from segment_anything.modeling import Sam
@@ -158,6 +212,27 @@ class SamFamily(Family):
 
         fuse_attention(self.encoder(model), kernel)
         return model
+
+    def export_hf(self, model: nn.Module, folder) -> None:
+        """``config.json`` + ``model.safetensors`` that ``transformers.SamModel.from_pretrained`` loads; only
+        for uniform widths whose attention width equals the embedding width (SamVisionConfig's shape)."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        from vitslim.info import get_info
+
+        from .hf import hf_config, to_hf
+
+        info = get_info(model) or {}
+        base = SIZES.get(info.get("name"), SIZES["sam-b"])[0]
+        config = hf_config(self.describe(model).widths(), {**DEFAULTS, **base, **info.get("config", {})})
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = to_hf(fold_attention_scales(state, [b.attn.scale for b in model.image_encoder.blocks], _hf_scales(model)))
+        state = {k: v.clone() for k, v in state.items()}  # transformers keeps one table twice: no shared memory
+        Path(folder, "config.json").write_text(json.dumps(config, indent=2))
+        save_file(state, str(Path(folder, "model.safetensors")), metadata={"format": "pt"})
 
     def evaluate(self, student, teacher, images, annotations=None, overlays=None) -> dict:
         from .evaluate import evaluate_sam
