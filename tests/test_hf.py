@@ -105,3 +105,16 @@ def test_slimsam_uniform_77_folder_is_inspected_as_168_696(tmp_path, capsys):
     report = json.loads(out)
     assert report["name"] == "sam-b" and report["widths"]["embed_dim"] == 168
     assert {(b["num_heads"], b["head_dim"], b["mlp_hidden"]) for b in report["widths"]["blocks"]} == {(12, 14, 696)}
+
+
+def test_timm_export_hf_loads_with_timm(tiny_timm, tmp_path, photos):
+    import timm
+
+    slim = vitslim.prune(tiny_timm, 0.5, importance="magnitude", ranking="uniform")
+    vitslim.export_hf(slim, tmp_path / "hf")
+    again = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+    x = resize_batch(photos[:2], 64)
+    with torch.no_grad():
+        assert (again(x) - slim.eval()(x)).abs().max() <= 1e-5
+    with pytest.raises(vitslim.UsageError, match="--ranking uniform"):
+        vitslim.export_hf(vitslim.prune(tiny_timm, 0.5, importance="magnitude"), tmp_path / "global")

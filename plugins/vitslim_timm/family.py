@@ -147,6 +147,28 @@ class TimmFamily(Family):
             blk.attn.fused_attn = True
         return model
 
+    def export_hf(self, model: nn.Module, folder) -> None:
+        """timm's own Hugging Face layout (``config.json`` with the architecture and its arguments, and
+        ``model.safetensors``), which ``timm.create_model("local-dir:FOLDER", pretrained=True)`` or an upload
+        to the hub loads; only for uniform widths whose attention width equals the embedding width (timm's
+        VisionTransformer has one width for both)."""
+        from timm.models._hub import save_for_hf
+
+        from vitslim.info import get_info
+
+        widths = self.describe(model).widths()
+        embed, blocks = widths["embed_dim"], widths["blocks"]
+        heads, mlp = {b["num_heads"] for b in blocks}, {b["mlp_hidden"] for b in blocks}
+        if any(b["num_heads"] * b["head_dim"] != embed for b in blocks) or len(heads) != 1 or len(mlp) != 1:
+            raise UsageError(
+                "this model cannot be written as a timm VisionTransformer config: it has one width for the "
+                f"embedding and attention and one MLP width (here embedding {embed}, attention "
+                f"{sorted({b['num_heads'] * b['head_dim'] for b in blocks})}, MLP {sorted(mlp)}); compress "
+                "with --ranking uniform to a ratio where both widths agree (0.5 does), or keep the vitslim file")
+        config = {k: v for k, v in (get_info(model) or {}).get("config", {}).items() if k != "pretrained_cfg_overlay"}
+        args = {**config, "embed_dim": embed, "num_heads": heads.pop(), "mlp_ratio": (mlp.pop() + 0.5) / embed}
+        save_for_hf(model, str(folder), model_args=args, safe_serialization=True)
+
     def evaluate(self, student, teacher, images, annotations=None) -> dict:
         """Top-1 agreement with the teacher and cosine similarity of the outputs (logits, or features
         for a headless model)."""
