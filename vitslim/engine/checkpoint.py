@@ -13,7 +13,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -172,12 +172,13 @@ class Checkpointer:
         self.saved_at = time.perf_counter()
         self.last: tuple[int, int] | None = None  # (stage, epoch) of the checkpoint this run wrote or resumed
 
-    def maybe_save(self, stage: int, epoch: int, force: bool, **state: Any) -> None:
+    def maybe_save(self, stage: int, epoch: int, force: bool, state: Callable[[], dict]) -> None:
+        """Write ``state()`` (built only when a checkpoint is due) with the RNG and the run's identity."""
         import time
 
         if not self.enabled or not (force or time.perf_counter() - self.saved_at >= self.every):
             return
         save_checkpoint(self.path, {"identity": self.identity, "stage": stage, "epoch": epoch,
-                                    "rng": rng_state(), **state})
+                                    "rng": rng_state(), **state()})
         self.saved_at = time.perf_counter()
         self.last = (stage, epoch)

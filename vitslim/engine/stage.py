@@ -90,10 +90,9 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
         run.history.append(record)
         last = epoch + 1 == stage.epochs
         run.ui.log(record, force=last)
-        run.checkpointer.maybe_save(
-            index, epoch, force=last, student=to_payload(student),
-            previous=None if previous is run.original else to_payload(previous),
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=run.history)
+        run.checkpointer.maybe_save(index, epoch, force=last, state=lambda: {
+            "student": to_payload(student), "previous": None if previous is run.original else to_payload(previous),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": run.history})
         if run.on_epoch is not None:
             run.on_epoch(record)
     return student.eval()
