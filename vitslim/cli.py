@@ -147,11 +147,12 @@ def plugins(as_json: AsJson = False) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="vitslim plugins")
-    for col in ("plugin", "package", "families (models)", "criteria"):
+    for col in ("plugin", "package", "families (models)", "criteria", "testbeds"):
         table.add_column(col)
     for r in rows:
         fams = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["families"].items())
-        table.add_row(r["plugin"], r["package"], fams or "-", ", ".join(r["importances"]) or "-")
+        table.add_row(r["plugin"], r["package"], fams or "-", ", ".join(r["importances"]) or "-",
+                      ", ".join(r["testbeds"]) or "-")
     console.print(table)
 
 

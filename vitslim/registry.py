@@ -50,12 +50,14 @@ def plugins() -> list[dict]:
     for name, plugin in pm.list_name_plugin():
         fams = _call(plugin, "vitslim_families") or []
         crits = _call(plugin, "vitslim_importances") or {}
+        beds = _call(plugin, "vitslim_testbeds") or []
         dist = dists.get(id(plugin))
         rows.append({
             "plugin": name,
             "package": f"{dist.project_name} {dist.version}" if dist else "vitslim (built in)",
             "families": {f.name: f.model_names() for f in fams},
             "importances": sorted(crits),
+            "testbeds": sorted(t.name for t in beds),
         })
     return rows
 
