@@ -44,14 +44,18 @@ def test_bottleneck_pruning_disturbed_taylor_beats_random(digits):
     assert informed > rand + 4
 
 
-def test_embedding_pruning_disturbed_taylor_beats_random_and_magnitude(digits):
-    """Half the residual channels: disturbed Taylor keeps more than random and than weight magnitude
-    (39.0 vs 23.8 and 30.3 measured). The investigation behind it is in the README's Quality section."""
-    tb, teacher, calib = digits
-    kw = dict(part="embedding", ranking="uniform", data=calib)
-    informed = _accuracy(tb, vitslim.prune(teacher, 0.5, importance="disturbed_taylor", **kw))
-    rand = np.mean([_accuracy(tb, vitslim.prune(teacher, 0.5, importance="random", seed=s, **kw)) for s in range(3)])
-    magnitude = _accuracy(tb, vitslim.prune(teacher, 0.5, importance="magnitude", **kw))
+def test_embedding_pruning_disturbed_taylor_beats_random_and_magnitude_on_average(digits):
+    """Half the residual channels: averaged over 5 calibration subsets (and random seeds), disturbed
+    Taylor keeps more than random and than weight magnitude (37.7 vs 23.7 and 30.3 measured). One subset
+    alone can reverse the order: the spread is 28.8-46.2 for disturbed Taylor (README, Quality)."""
+    tb, teacher, _ = digits
+
+    def mean_accuracy(criterion):
+        return np.mean([_accuracy(tb, vitslim.prune(teacher, 0.5, part="embedding", ranking="uniform", seed=s,
+                                                    importance=criterion, data=list(tb.subset(64, seed=s).split(8))))
+                        for s in range(5)])
+
+    informed, rand, magnitude = mean_accuracy("disturbed_taylor"), mean_accuracy("random"), mean_accuracy("magnitude")
     assert informed > rand + 6
     assert informed > magnitude + 3
 
