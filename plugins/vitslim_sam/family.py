@@ -135,7 +135,7 @@ class SamFamily(Family):
             return  # not a SAM state dict: load_into explains
         widths = widths_from_state_dict(state_dict, prefix)
         structure = self.describe(model)
-        if len(widths["blocks"]) == len(structure.blocks) and widths != structure.widths():
+        if widths is not None and len(widths["blocks"]) == len(structure.blocks) and widths != structure.widths():
             apply_widths(self.encoder(model), structure, widths, self)
 
     @staticmethod

@@ -153,8 +153,9 @@ def read_hf_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     return read_state_dict(p), config
 
 
-def widths_from_state_dict(state_dict: dict, prefix: str = "image_encoder.") -> dict:
-    """The encoder's widths (see ``Structure.widths``) read off its tensors' shapes."""
+def widths_from_state_dict(state_dict: dict, prefix: str = "image_encoder.") -> dict | None:
+    """The encoder's widths (see ``Structure.widths``) read off its tensors' shapes; None without the
+    relative-position tables that give the head dim."""
     embed = state_dict[f"{prefix}patch_embed.proj.weight"].shape[0]
     blocks = []
     i = 0
@@ -162,7 +163,7 @@ def widths_from_state_dict(state_dict: dict, prefix: str = "image_encoder.") -> 
         inner = state_dict[f"{prefix}blocks.{i}.attn.qkv.weight"].shape[0] // 3
         rel = state_dict.get(f"{prefix}blocks.{i}.attn.rel_pos_h")
         if rel is None:
-            raise WeightsError("checkpoint without relative positions: its head dim cannot be read from its shapes")
+            return None
         head_dim = rel.shape[1]
         blocks.append({"num_heads": inner // head_dim, "head_dim": head_dim,
                        "mlp_hidden": state_dict[f"{prefix}blocks.{i}.mlp.lin1.weight"].shape[0]})
