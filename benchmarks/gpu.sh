@@ -35,11 +35,11 @@ run() {  # NAME SECONDS COMMAND...: one figure, its time limit, its JSON in $out
 echo "== GPU tests" | tee -a "$out/log.txt"
 timeout 60 "$py" -m pytest -q "$repo/tests/test_fast.py" -k gpu -p no:cacheprovider >"$out/gpu_tests.txt" 2>&1
 tail -n 1 "$out/gpu_tests.txt" | tee -a "$out/log.txt"
-run sam_bf16_b1 110 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --kernel flex --dtype bf16 --runs 50
-run sam_bf16_b1_graphs 60 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --dtype bf16 --runs 50 --cuda-graphs
-run sam_bf16_b8 60 latency.py sam-b sam-b@0.77 --fast --dtype bf16 --batch 8 --runs 20
-run sam_fp32_b1 60 latency.py sam-b sam-b@0.77 sam-b@0.77/8 --fast --runs 30
-run timm_bf16 40 latency.py timm:vit_base_patch16_224 timm:vit_base_patch16_224@0.5 --fast --dtype bf16 --batch 8 --runs 50
+run sam_bf16_b1 110 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --kernel flex --dtype bf16 --rounds 3 --runs 17
+run sam_bf16_b1_graphs 60 latency.py sam-b sam-b@0.77 sam-b@0.77:heads --fast --dtype bf16 --rounds 3 --runs 17 --cuda-graphs
+run sam_bf16_b8 60 latency.py sam-b sam-b@0.77 --fast --dtype bf16 --batch 8 --rounds 3 --runs 7
+run sam_fp32_b1 60 latency.py sam-b sam-b@0.77 sam-b@0.77/8 --fast --rounds 3 --runs 10
+run timm_bf16 40 latency.py timm:vit_base_patch16_224 timm:vit_base_patch16_224@0.5 --fast --dtype bf16 --batch 8 --rounds 3 --runs 17
 run attention_global 60 attention.py sam-b@0.77 --block 2 --kernels sdpa chunked flex --dtype bf16 --runs 50
 run distill 80 distill_throughput.py --model sam-b --img-size 1024 --images 16 --batch-size 4 --device cuda
 ls -l "$out"

@@ -337,8 +337,8 @@ def eval_cmd(
                              "image of the teacher's and the student's outputs side by side (SAM: masks).")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Label-free evaluation: SAM masks vs the teacher's (and SA-1B ground truth if present);
-    timm top-1 agreement and output cosine similarity."""
+    """Label-free evaluation of a student against its teacher, by its family's protocol (SAM: masks
+    against the teacher's, and SA-1B ground truth where present; timm: top-1 agreement, output cosine)."""
     from .api import open_model
     from .data import find_images
     from .evaluation import evaluate as evaluate_model
