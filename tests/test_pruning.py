@@ -104,7 +104,9 @@ def test_dependency_graph_agrees_with_structure_description(which, request):
 
 @pytest.mark.parametrize("arch,size", [("deit_tiny_distilled_patch16_224", 64),   # distillation token + head
                                        ("vit_small_patch14_dinov2", 56),          # LayerScale
-                                       ("vit_base_patch16_reg4_gap_256", 64)])    # register tokens, GAP
+                                       ("vit_base_patch16_reg4_gap_256", 64),     # register tokens, GAP
+                                       ("aimv2_large_patch14_224", 56),           # SwiGLU MLP, RMSNorm
+                                       ("vit_giant_patch14_dinov2", 56)])         # GLU in one layer
 def test_timm_variants_prune_and_roundtrip(arch, size, tmp_path):
     torch.manual_seed(0)
     model = vitslim.create(f"timm:{arch}", pretrained=False, depth=2, embed_dim=48, num_heads=3, img_size=size)
@@ -131,3 +133,21 @@ def test_description_disagreeing_with_graph_is_refused(tiny_timm, monkeypatch):
     monkeypatch.setattr(TimmFamily, "describe", forgetful)
     with pytest.raises(UsageError, match="not described: pos_embed"):
         vitslim.prune(tiny_timm, 0.5, part="embedding", importance="magnitude")
+
+
+@pytest.mark.parametrize("arch,gate", [("aimv2_large_patch14_224", "fc1_g"), ("vit_giant_patch14_dinov2", "fc1")])
+def test_gated_mlp_bottleneck_pruning_equals_zeroing(arch, gate, photos):
+    """SwiGLU (AIMv2: separate gate) and GluMlp (DINOv2-giant: value and gate halves of one fc1): a hidden
+    channel's gate and value rows go together; removing them equals zeroing them."""
+    torch.manual_seed(0)
+    model = vitslim.create(f"timm:{arch}", pretrained=False, depth=2, embed_dim=48, num_heads=3, img_size=56)
+    with torch.no_grad():  # timm starts a gate near zero: give it values that matter
+        for blk in model.blocks:
+            getattr(blk.mlp, gate).weight.normal_(0, 0.2)
+    x = resize_batch(photos, 56)
+    kw = dict(ratio=0.5, part="bottleneck", importance="random", seed=1)
+    p = vitslim.plan(model, **kw)
+    assert any(name.endswith(f"{gate}.weight") for g in p.groups if g.kind == "mlp" for name, _, _ in g.members)
+    pruned = vitslim.prune(model, **kw)
+    assert (encode(pruned, x) - encode(_zeroed_reference(model, p), x)).abs().max().item() <= 1e-5
+    assert (encode(model, x) - encode(pruned, x)).abs().max().item() > 1e-4

@@ -21,7 +21,7 @@ ATTENTION_MODES = ("head_dim", "heads")
 
 # How a bottleneck member's axis is laid out: qkv rows (q|k|v, head, dim), attention width (head, dim)
 # read by proj, one entry per head-dim channel shared by all heads, MLP hidden channels.
-QKV, ATTN, HEAD_DIM, MLP = "qkv", "attn", "head_dim", "mlp"
+QKV, ATTN, HEAD_DIM, MLP, GLU = "qkv", "attn", "head_dim", "mlp", "glu"  # glu: MLP hidden channels, twice
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Member:
     def size(self, num_heads: int, head_dim: int, mlp_hidden: int) -> int:
         """The axis length for the given widths."""
         return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, HEAD_DIM: head_dim,
-                MLP: mlp_hidden}[self.layout]
+                MLP: mlp_hidden, GLU: 2 * mlp_hidden}[self.layout]
 
 
 def block_members(block: BlockSpec) -> list[Member]:
@@ -44,7 +44,9 @@ def block_members(block: BlockSpec) -> list[Member]:
     return [
         Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.proj}.weight", 1, ATTN), Member(f"{a.qkv}.bias", 0, QKV),
         *(Member(name, axis, HEAD_DIM) for name, axis in a.head_dim_params),
-        Member(f"{m.fc1}.weight", 0, MLP), Member(f"{m.fc1}.bias", 0, MLP), Member(f"{m.fc2}.weight", 1, MLP),
+        Member(f"{m.fc1}.weight", 0, GLU if m.fused_gate else MLP), Member(f"{m.fc1}.bias", 0, GLU if m.fused_gate else MLP),
+        Member(f"{m.fc2}.weight", 1, MLP),
+        *((Member(f"{m.gate}.weight", 0, MLP), Member(f"{m.gate}.bias", 0, MLP)) if m.gate else ()),
     ]
 
 
@@ -106,7 +108,7 @@ def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> Cha
     a = block.attn
     members = []
     for m in block_members(block):
-        if m.layout != MLP:
+        if m.layout not in (MLP, GLU):
             index = _attention_index(m.layout, a.num_heads, a.head_dim, mode)
             if index is not None:
                 members.append((m.param, m.axis, index))
@@ -117,8 +119,11 @@ def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> Cha
 def mlp_group(structure: Structure, i: int) -> ChannelGroup:
     """Block ``i``'s MLP hidden channels."""
     block = structure.blocks[i]
-    idx = _identity(block.mlp.hidden)
-    members = [(m.param, m.axis, idx) for m in block_members(block) if m.layout == MLP]
+    hidden = block.mlp.hidden
+    idx = _identity(hidden)
+    both_halves = torch.stack([torch.arange(hidden), torch.arange(hidden) + hidden], 1)
+    members = [(m.param, m.axis, idx if m.layout == MLP else both_halves)
+               for m in block_members(block) if m.layout in (MLP, GLU)]
     return ChannelGroup(f"{block.name}.mlp", "mlp", block.mlp.hidden, i, members)
 
 

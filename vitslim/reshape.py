@@ -40,11 +40,10 @@ def sync_attributes(module: nn.Module) -> None:
         elif isinstance(m, nn.modules.conv._ConvNd):
             m.out_channels = m.weight.shape[0]
             m.in_channels = m.weight.shape[1] * m.groups
-        elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
-            if isinstance(m, nn.LayerNorm):
-                m.normalized_shape = tuple(m.weight.shape)
-            else:
-                m.num_channels = m.weight.shape[0]
+        elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+            m.num_channels = m.weight.shape[0]
+        elif hasattr(m, "normalized_shape") and isinstance(getattr(m, "weight", None), torch.Tensor):
+            m.normalized_shape = tuple(m.weight.shape)  # LayerNorm, RMSNorm and look-alikes
 
 
 def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family: Family) -> None:

@@ -33,11 +33,15 @@ class AttentionSpec:
 
 @dataclass
 class MlpSpec:
-    """Two-layer MLP: ``fc1`` expands to ``hidden`` features, ``fc2`` brings them back."""
+    """Two-layer MLP: ``fc1`` expands to ``hidden`` features, ``fc2`` brings them back. A gated MLP
+    (SwiGLU: ``fc2(act(gate(x)) * fc1(x))``) names its ``gate`` projection, whose outputs are pruned
+    with ``fc1``'s."""
 
     fc1: str
     fc2: str
     hidden: int
+    gate: str | None = None
+    fused_gate: bool = False  # GLU in one layer: fc1 gives 2 x hidden features, channel j = rows j and hidden + j
 
 
 @dataclass

@@ -19,6 +19,15 @@ from .names import resolve
 PREFIX = "timm:"
 
 
+def _glu_in_one_layer(mlp: nn.Module) -> bool:
+    """timm's GluMlp: one fc1 whose output halves are value and gate (split on the last axis)."""
+    from timm.layers import GluMlp
+
+    if isinstance(mlp, GluMlp) and getattr(mlp, "chunk_dim", -1) != -1:
+        raise UsageError("a GluMlp that splits its features on another axis than the last is not supported")
+    return isinstance(mlp, GluMlp)
+
+
 def _qualname(module: object) -> str:
     """``eva.EvaAttention``: a class name with its timm module, since several are called Attention."""
     return f"{type(module).__module__.rpartition('.')[2]}.{type(module).__name__}" if module is not None else "none"
@@ -89,7 +98,7 @@ class TimmFamily(Family):
     @staticmethod
     def _check(model: nn.Module, arch: str) -> None:
         """Refuse, in one line, architectures whose blocks are not the standard ViT block."""
-        from timm.layers import Attention, Mlp
+        from timm.layers import Attention, GluMlp, Mlp, SwiGLU
 
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
@@ -109,7 +118,7 @@ class TimmFamily(Family):
             if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
                 raise UsageError(f"timm:{arch} is not supported: block {i} normalises the attention output "
                                  f"(scale_norm), which head pruning cannot keep exact")
-            if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
+            if type(mlp) not in (Mlp, SwiGLU, GluMlp) or not isinstance(mlp.norm, nn.Identity):
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no plain timm Mlp (mlp.fc1/mlp.fc2), "
                     f"found {_qualname(mlp)}"
@@ -206,7 +215,11 @@ class TimmFamily(Family):
                          "mlp.fc2.weight", "mlp.fc2.bias"):
                 add(f"{p}.{name}", 0)
             add(f"{p}.attn.qkv.weight", 1)
-            add(f"{p}.mlp.fc1.weight", 1)
+            gated = hasattr(blk.mlp, "fc1_g")  # SwiGLU: fc2(act(fc1_g(x)) * fc1_x(x))
+            fc1 = f"{p}.mlp.fc1_x" if gated else f"{p}.mlp.fc1"
+            add(f"{fc1}.weight", 1)
+            if gated:
+                add(f"{p}.mlp.fc1_g.weight", 1)
             attn = blk.attn
             hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
                          if f"{p}.attn.{n}" in params]
@@ -217,7 +230,8 @@ class TimmFamily(Family):
                     num_heads=attn.num_heads, head_dim=attn.head_dim, head_dim_params=hd_params,
                     seq_len=tokens, num_seqs=1,
                 ),
-                mlp=MlpSpec(fc1=f"{p}.mlp.fc1", fc2=f"{p}.mlp.fc2", hidden=blk.mlp.fc1.out_features),
+                mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=blk.mlp.fc2.in_features,
+                            gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(blk.mlp)),
             ))
         for name in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
             add(name, 0)
