@@ -9,8 +9,8 @@ the SAM plugin) gives a teacher trained here on real or generated data (cached a
 Sections:
 
 - ``teacher``: the teacher's own held-out metrics, and how long it took to train.
-- ``prune``: prune only (both parts), each criterion with global and uniform ranking, calibrated on 64
-  training images.
+- ``prune``: prune only (both parts, or ``--parts``), each criterion with global and uniform ranking,
+  calibrated on 64 training images (a seeded subset per seed).
 - ``compress``: ``vitslim.compress`` on 1% and 10% of the training images: the ``alternate`` schedule with
   every criterion, and ``one-shot`` and ``iterative:2`` with disturbed Taylor. ``--set`` overrides any
   ``compress`` argument (``--set lr=1e-4 --set augment=none``): the way to measure a change before/after.
@@ -85,7 +85,7 @@ def run_one(job: dict) -> dict:
         return row
     if job["section"] == "prune":
         calib = tb.subset(CALIBRATION, seed=job["seed"])
-        student = vitslim.prune(teacher, job["ratio"], part="both", importance=importance,
+        student = vitslim.prune(teacher, job["ratio"], part=job.get("part", "both"), importance=importance,
                                 ranking=job["ranking"], data=list(calib.split(8)), seed=job["seed"])
     else:
         data = tb.subset(max(2, round(tb.num_train() * job["fraction"])), seed=job["seed"])
@@ -114,10 +114,12 @@ def jobs_for(args) -> list[dict]:
         for ratio in args.ratios:
             for seed in args.seeds:
                 if "prune" in args.sections:
-                    for crit in args.criteria:
-                        for ranking in args.rankings:
-                            jobs.append({"testbed": name, "section": "prune", "ratio": ratio, "criterion": crit,
-                                         "ranking": ranking, "seed": seed})
+                    for part in args.parts:
+                        for crit in args.criteria:
+                            for ranking in args.rankings:
+                                job = {"testbed": name, "section": "prune", "ratio": ratio, "criterion": crit,
+                                       "ranking": ranking, "seed": seed}
+                                jobs.append(job if part == "both" else {**job, "part": part})
                 if "compress" in args.sections:
                     for fraction in args.fractions:
                         runs = [("alternate", c) for c in args.criteria if "alternate" in args.schedules]
@@ -139,7 +141,7 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 def _key(job: dict) -> str:
     return json.dumps({k: v for k, v in job.items() if k in (
-        "testbed", "section", "ratio", "fraction", "schedule", "criterion", "ranking", "seed", "options")},
+        "testbed", "section", "ratio", "fraction", "schedule", "criterion", "ranking", "seed", "options", "part")},
         sort_keys=True)
 
 
@@ -176,7 +178,7 @@ def summarise(rows: list[dict], markdown: bool = False) -> None:
     for r in rows:
         if "metrics" not in r:
             continue
-        label = {"teacher": "teacher", "prune": f"prune {r.get('criterion')} {r.get('ranking')}",
+        label = {"teacher": "teacher", "prune": f"prune {r.get('part', 'both')} {r.get('criterion')} {r.get('ranking')}",
                  "compress": f"{r.get('schedule')} {r.get('criterion')}"}[r["section"]]
         if r.get("options"):
             label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) + "]"
@@ -238,6 +240,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     ap.add_argument("--rankings", nargs="+", default=list(RANKINGS))
+    ap.add_argument("--parts", nargs="+", default=["both"], help="what the prune section prunes (embedding, "
+                    "bottleneck, both)")
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a compress() argument for every compress run (repeatable)")
