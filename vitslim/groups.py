@@ -41,12 +41,18 @@ class Member:
 def block_members(block: BlockSpec) -> list[Member]:
     """Every parameter axis of ``block`` that its attention or MLP widths decide."""
     a, m = block.attn, block.mlp
+    if isinstance(a.qkv, str):
+        inputs = [Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.qkv}.bias", 0, QKV)]
+    else:  # separate q, k and v layers
+        inputs = [Member(f"{name}.{leaf}", 0, ATTN) for name in a.qkv for leaf in ("weight", "bias")]
+    fc1 = GLU if m.fused_gate else MLP
     return [
-        Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.proj}.weight", 1, ATTN), Member(f"{a.qkv}.bias", 0, QKV),
+        *inputs, Member(f"{a.proj}.weight", 1, ATTN),
         *(Member(name, axis, HEAD_DIM) for name, axis in a.head_dim_params),
-        Member(f"{m.fc1}.weight", 0, GLU if m.fused_gate else MLP), Member(f"{m.fc1}.bias", 0, GLU if m.fused_gate else MLP),
-        Member(f"{m.fc2}.weight", 1, MLP),
+        *(Member(name, axis, ATTN) for name, axis in a.width_params),
+        Member(f"{m.fc1}.weight", 0, fc1), Member(f"{m.fc1}.bias", 0, fc1), Member(f"{m.fc2}.weight", 1, MLP),
         *((Member(f"{m.gate}.weight", 0, MLP), Member(f"{m.gate}.bias", 0, MLP)) if m.gate else ()),
+        *(Member(name, axis, MLP) for name, axis in m.hidden_params),
     ]
 
 
@@ -101,11 +107,14 @@ def _attention_index(layout: str, heads: int, hd: int, mode: str) -> torch.Tenso
 
 
 def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> ChannelGroup:
-    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head."""
+    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head (always,
+    for rotary attention)."""
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}: choose one of {ATTENTION_MODES}")
     block = structure.blocks[i]
     a = block.attn
+    if a.rotary:
+        mode = "heads"
     members = []
     for m in block_members(block):
         if m.layout not in (MLP, GLU):

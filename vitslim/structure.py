@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 class AttentionSpec:
     """One multi-head attention layer.
 
-    ``qkv`` produces ``3 * num_heads * head_dim`` features laid out as (q|k|v, head, dim); ``proj``
-    consumes ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim
-    channel that all heads share (SAM's ``rel_pos_h``/``rel_pos_w``), as ``(name, axis)``.
+    ``qkv`` names one layer producing ``3 * num_heads * head_dim`` features laid out as (q|k|v, head,
+    dim), or three layers ``(q, k, v)`` producing ``num_heads * head_dim`` each; ``proj`` consumes
+    ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim channel that
+    all heads share (SAM's ``rel_pos_h``/``rel_pos_w``), ``width_params`` parameters with one axis over
+    the attention width (head, dim) (EVA's separate q and v biases, an output gate's rows), both as
+    ``(name, axis)``. ``rotary``: q and k are rotated in pairs of head-dim channels by a position table
+    that every block shares, so only whole heads are removed (the table keeps its size).
     ``seq_len`` and ``num_seqs`` describe the attention matrices at the family's input size (for MACs);
     ``rel_pos`` is the (height, width) grid when decomposed relative positions are added, else None.
     """
 
     module: str
-    qkv: str
+    qkv: str | tuple[str, str, str]
     proj: str
     num_heads: int
     head_dim: int
@@ -29,19 +33,23 @@ class AttentionSpec:
     seq_len: int = 0
     num_seqs: int = 1
     rel_pos: tuple[int, int] | None = None
+    width_params: list[tuple[str, int]] = field(default_factory=list)
+    rotary: bool = False
 
 
 @dataclass
 class MlpSpec:
     """Two-layer MLP: ``fc1`` expands to ``hidden`` features, ``fc2`` brings them back. A gated MLP
     (SwiGLU: ``fc2(act(gate(x)) * fc1(x))``) names its ``gate`` projection, whose outputs are pruned
-    with ``fc1``'s."""
+    with ``fc1``'s. ``hidden_params`` have one axis over the hidden channels, as ``(name, axis)`` (a norm
+    between the two layers, as in EVA02's ``scale_mlp``)."""
 
     fc1: str
     fc2: str
     hidden: int
     gate: str | None = None
     fused_gate: bool = False  # GLU in one layer: fc1 gives 2 x hidden features, channel j = rows j and hidden + j
+    hidden_params: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass

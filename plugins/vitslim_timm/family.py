@@ -14,7 +14,17 @@ from vitslim.info import set_info
 from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
 from vitslim.weights import load_into, read_state_dict
 
+from .layers import adopt
 from .names import resolve
+
+
+def _attention_types() -> tuple[type, ...]:
+    from timm.layers import Attention, AttentionRope
+    from timm.models.eva import EvaAttention
+
+    from .layers import EvaAttentionAnyWidth
+
+    return Attention, AttentionRope, EvaAttention, EvaAttentionAnyWidth
 
 PREFIX = "timm:"
 
@@ -97,8 +107,8 @@ class TimmFamily(Family):
 
     @staticmethod
     def _check(model: nn.Module, arch: str) -> None:
-        """Refuse, in one line, architectures whose blocks are not the standard ViT block."""
-        from timm.layers import Attention, GluMlp, Mlp, SwiGLU
+        """Refuse, in one line, architectures whose blocks vitslim cannot prune."""
+        from timm.layers import AttentionPoolLatent, GluMlp, Mlp, SwiGLU
 
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
@@ -106,30 +116,35 @@ class TimmFamily(Family):
         if not isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
             raise UsageError(f"timm:{arch} is not supported: it has no convolutional patch embedding "
                              f"(patch_embed.proj)")
+        rope = getattr(model, "rope", None)
+        if rope is not None and any(True for _ in rope.parameters()):
+            raise UsageError(f"timm:{arch} is not supported: its rotary position embedding learns per-head "
+                             f"frequencies (rope_type='mixed'), which head pruning would have to slice per block")
         for i, blk in enumerate(blocks):
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
-            if type(attn) is not Attention:
+            if type(attn) not in _attention_types():
                 raise UsageError(
-                    f"timm:{arch} is not supported: block {i} has no plain timm Attention "
-                    f"(attn.qkv/attn.proj), found {_qualname(attn)}"
+                    f"timm:{arch} is not supported: block {i} has no timm Attention, EvaAttention or "
+                    f"AttentionRope (attn.qkv or q/k/v_proj, attn.proj), found {_qualname(attn)}"
                 )
-            if getattr(attn, "gate", None) is not None:
-                raise UsageError(f"timm:{arch} is not supported: block {i} gates its attention output")
-            if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
-                raise UsageError(f"timm:{arch} is not supported: block {i} normalises the attention output "
-                                 f"(scale_norm), which head pruning cannot keep exact")
-            if type(mlp) not in (Mlp, SwiGLU, GluMlp) or not isinstance(mlp.norm, nn.Identity):
+            if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
+                raise UsageError(f"timm:{arch} is not supported: block {i} uses grouped-query attention "
+                                 f"({attn.num_heads} query heads, {attn.num_kv_heads} key/value heads)")
+            if type(mlp) not in (Mlp, SwiGLU, GluMlp):
                 raise UsageError(
-                    f"timm:{arch} is not supported: block {i} has no plain timm Mlp (mlp.fc1/mlp.fc2), "
-                    f"found {_qualname(mlp)}"
+                    f"timm:{arch} is not supported: block {i} has no timm Mlp, SwiGLU or GluMlp "
+                    f"(mlp.fc1/mlp.fc2), found {_qualname(mlp)}"
                 )
-        if getattr(model, "attn_pool", None) is not None:
-            raise UsageError(f"timm:{arch} is not supported: attention-pooling heads are not handled yet")
+        pool = getattr(model, "attn_pool", None)
+        if pool is not None and not isinstance(pool, AttentionPoolLatent):
+            raise UsageError(f"timm:{arch} is not supported: its pooling head is a {_qualname(pool)}, "
+                             f"not the latent attention pool (AttentionPoolLatent)")
 
     def identify(self, model: nn.Module):
+        from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
 
-        if not isinstance(model, VisionTransformer):
+        if not isinstance(model, (VisionTransformer, Eva)):
             return None
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
@@ -162,8 +177,13 @@ class TimmFamily(Family):
         to the hub loads; only for uniform widths whose attention width equals the embedding width (timm's
         VisionTransformer has one width for both)."""
         from timm.models._hub import save_for_hf
+        from timm.models.vision_transformer import VisionTransformer
 
         from vitslim.info import get_info
+
+        if not isinstance(model, VisionTransformer):
+            raise UsageError(f"only timm VisionTransformer models can be written in timm's Hugging Face layout, "
+                             f"not {type(model).__name__}: keep the vitslim file (vitslim.load reads it)")
 
         widths = self.describe(model).widths()
         embed, blocks = widths["embed_dim"], widths["blocks"]
@@ -207,66 +227,89 @@ class TimmFamily(Family):
             add(name, 0)
         grid = model.patch_embed.grid_size
         tokens = math.prod(grid) + getattr(model, "num_prefix_tokens", 0)
+        rotary = getattr(model, "rope", None) is not None  # EVA02 and the *_rope_* ViTs: one shared table
         blocks = []
         for i, blk in enumerate(model.blocks):
-            p = f"blocks.{i}"
-            for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
-                         "ls1.gamma", "ls2.gamma", "attn.proj.weight", "attn.proj.bias",
-                         "mlp.fc2.weight", "mlp.fc2.bias"):
+            p, attn, mlp = f"blocks.{i}", blk.attn, blk.mlp
+            adopt(attn)
+            for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "ls1.gamma", "ls2.gamma",
+                         "gamma_1", "gamma_2", "attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias"):
                 add(f"{p}.{name}", 0)
-            add(f"{p}.attn.qkv.weight", 1)
-            gated = hasattr(blk.mlp, "fc1_g")  # SwiGLU: fc2(act(fc1_g(x)) * fc1_x(x))
+            inputs = ["qkv"] if attn.qkv is not None else ["q_proj", "k_proj", "v_proj"]
+            for name in inputs + ["gate"]:
+                add(f"{p}.attn.{name}.weight", 1)
+            width = [(f"{p}.attn.{n}", 0) for n in ("q_bias", "v_bias", "gate.weight", "gate.bias",
+                                                     "norm.weight", "norm.bias")]
+            gated = hasattr(mlp, "fc1_g")  # SwiGLU: fc2(act(fc1_g(x)) * fc1_x(x))
             fc1 = f"{p}.mlp.fc1_x" if gated else f"{p}.mlp.fc1"
             add(f"{fc1}.weight", 1)
             if gated:
                 add(f"{p}.mlp.fc1_g.weight", 1)
-            attn = blk.attn
-            hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")
-                         if f"{p}.attn.{n}" in params]
+            hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")]
             blocks.append(BlockSpec(
                 name=p,
                 attn=AttentionSpec(
-                    module=f"{p}.attn", qkv=f"{p}.attn.qkv", proj=f"{p}.attn.proj",
-                    num_heads=attn.num_heads, head_dim=attn.head_dim, head_dim_params=hd_params,
-                    seq_len=tokens, num_seqs=1,
+                    module=f"{p}.attn", proj=f"{p}.attn.proj",
+                    qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
+                    num_heads=attn.num_heads, head_dim=attn.head_dim, seq_len=tokens, num_seqs=1,
+                    head_dim_params=[x for x in hd_params if x[0] in params],
+                    width_params=[x for x in width if x[0] in params], rotary=rotary,
                 ),
-                mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=blk.mlp.fc2.in_features,
-                            gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(blk.mlp)),
+                mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
+                            gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
+                            hidden_params=[(f"{p}.mlp.norm.{n}", 0) for n in ("weight", "bias")
+                                           if f"{p}.mlp.norm.{n}" in params]),
             ))
-        for name in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
-            add(name, 0)
-        for name, module in model.named_children():
-            if name.startswith("head") and isinstance(module, nn.Linear):  # head, head_dist
-                add(f"{name}.weight", 1)
+        add("norm.weight", 0)
+        add("norm.bias", 0)
+        pool = getattr(model, "attn_pool", None)
+        if pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
+            adopt(pool)       # writes a stream of its own width, which fc_norm and the head read
+            add("attn_pool.kv.weight", 1)
+            add("attn_pool.pos_embed", 1)
+        else:
+            for name in ("fc_norm.weight", "fc_norm.bias"):
+                add(name, 0)
+            for name, module in model.named_children():
+                if name.startswith("head") and isinstance(module, nn.Linear):  # head, head_dist
+                    add(f"{name}.weight", 1)
         return Structure(
             embed_dim=model.patch_embed.proj.out_channels,
             blocks=blocks, embedding_root="patch_embed.proj", embedding_params=emb,
         )
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
-        for attr in ("embed_dim", "num_features", "head_hidden_size"):
+        pooled = getattr(encoder, "attn_pool", None) is not None  # the head reads the pool's own width
+        for attr in ("embed_dim", "num_features") if pooled else ("embed_dim", "num_features", "head_hidden_size"):
             if hasattr(encoder, attr):
                 setattr(encoder, attr, width)
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
+        adopt(attn)
         attn.num_heads = num_heads
         attn.head_dim = head_dim
         attn.attn_dim = num_heads * head_dim
         attn.scale = head_dim ** -0.5
+        if hasattr(attn, "num_kv_heads"):  # AttentionRope (grouped-query attention is refused)
+            attn.num_kv_heads, attn.kv_dim = num_heads, num_heads * head_dim
+        if getattr(attn, "k_bias", None) is not None:  # EvaAttention: a zero buffer beside q_bias, v_bias
+            attn.k_bias = torch.zeros_like(attn.q_bias)
 
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """timm's fused path scales by the *current* head dim; fold the ratio into q so that the pruned
         attention equals the original one with the removed channels zeroed."""
         factor = (attn.head_dim / old_head_dim) ** 0.5
+        rows = attn.num_heads * attn.head_dim
         with torch.no_grad():
-            if isinstance(attn.q_norm, nn.Identity):
-                rows = attn.attn_dim
-                attn.qkv.weight[:rows] *= factor
-                if attn.qkv.bias is not None:
-                    attn.qkv.bias[:rows] *= factor
-            elif getattr(attn.q_norm, "weight", None) is not None:
-                attn.q_norm.weight *= factor
-                if getattr(attn.q_norm, "bias", None) is not None:
-                    attn.q_norm.bias *= factor
-            else:
+            if getattr(attn.q_norm, "weight", None) is not None:
+                targets = [attn.q_norm.weight, getattr(attn.q_norm, "bias", None)]
+            elif not isinstance(attn.q_norm, nn.Identity):
                 raise UsageError("cannot prune head dims of a timm attention with an affine-free q_norm")
+            elif attn.qkv is not None:
+                targets = [attn.qkv.weight[:rows], None if attn.qkv.bias is None else attn.qkv.bias[:rows],
+                           getattr(attn, "q_bias", None)]
+            else:
+                targets = [attn.q_proj.weight, attn.q_proj.bias]
+            for t in targets:
+                if t is not None:
+                    t *= factor

@@ -1,0 +1,131 @@
+"""timm attention kinds beyond the plain ViT: EVA / EVA02 (EvaAttention, q/v biases, RoPE), the RoPE ViTs
+and DINOv3 (AttentionRope, separate q/k/v), gated attention; and the one-line refusals."""
+
+import copy
+
+import pytest
+import torch
+
+import vitslim
+from vitslim.errors import UsageError
+
+from .conftest import encode, resize_batch
+from .test_pruning import _zeroed_reference
+
+SMALL = dict(pretrained=False, depth=2, embed_dim=48, num_heads=3, num_classes=0)  # features, not near-zero logits
+
+# (architecture, input size, whether its blocks are rotary)
+KINDS = [
+    ("eva02_tiny_patch14_224", 56, True),         # EvaAttention, fused qkv + q/v biases, RoPE, SwiGLU
+    ("vit_base_patch16_rope_224", 64, True),      # EvaAttention with RoPE, plain Mlp
+    ("vit_small_patch16_dinov3", 64, True),       # AttentionRope (DINOv3 RoPE), LayerScale, registers
+    ("vit_pe_core_tiny_patch16_384", 64, True),   # AttentionRope (Perception Encoder)
+    ("eva_giant_patch14_224", 56, False),         # EvaAttention without RoPE: head dims pruned too
+    ("vit_base_patch16_siglip_224", 64, False),   # timm Attention, latent attention-pooling head
+]
+
+
+def _model(arch: str, size: int):
+    torch.manual_seed(0)
+    model = vitslim.create(f"timm:{arch}", img_size=size, **SMALL)
+    with torch.no_grad():  # timm starts biases and some gates at zero: give them values that matter
+        for name, p in model.named_parameters():
+            if name.endswith(("q_bias", "v_bias", "fc1_g.weight", "gamma_1", "gamma_2")):
+                p.normal_(0, 0.2)
+    return model
+
+
+def _out(model, x):
+    y = encode(model, x)
+    return y[0] if isinstance(y, tuple) else y
+
+
+@pytest.mark.parametrize("arch,size,rotary", KINDS)
+@pytest.mark.parametrize("attention", ["head_dim", "heads"])
+def test_bottleneck_pruning_equals_zeroing(arch, size, rotary, attention, photos):
+    model = _model(arch, size)
+    x = resize_batch(photos[:3], size)
+    kw = dict(ratio=0.5, part="bottleneck", importance="random", attention=attention, seed=2)
+    p = vitslim.plan(model, **kw)
+    kinds = {g.kind for g in p.groups if g.kind != "mlp"}
+    assert kinds == ({"heads"} if rotary else {attention})  # rotary blocks only lose whole heads
+    pruned = vitslim.prune(model, **kw)
+    widths = vitslim.describe(pruned).widths()["blocks"]
+    assert all(b["num_heads"] < 3 or b["head_dim"] < 16 for b in widths)
+    expected = _out(_zeroed_reference(model, p), x)
+    got = _out(pruned, x)
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (_out(model, x) - got).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("arch,size,rotary", KINDS)
+def test_ratio_zero_and_roundtrip(arch, size, rotary, photos, tmp_path):
+    model = _model(arch, size)
+    x = resize_batch(photos[:2], size)
+    same = vitslim.prune(model, 0.0, part="both", importance="magnitude")
+    assert torch.equal(_out(model, x), _out(same, x))
+    pruned = vitslim.prune(model, 0.5, part="both", importance="magnitude")  # graph and description agree
+    assert vitslim.describe(pruned).widths()["embed_dim"] == 24
+    y = _out(pruned, x)
+    assert y.shape[0] == 2 and torch.isfinite(y).all()  # features: the pruned width, or a pool's own
+    loaded = vitslim.load(vitslim.save(pruned, tmp_path / "m.safetensors"))
+    assert torch.equal(_out(loaded, x), y)
+
+
+def test_eva_attention_adoption_keeps_the_function(photos):
+    """The family's EvaAttention (own width, qkv called as a layer) computes timm's function."""
+    from timm.models.eva import EvaAttention
+
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("eva02_tiny_patch14_224", img_size=56, **SMALL).eval()
+    with torch.no_grad():
+        for blk in ref.blocks:
+            blk.attn.q_bias.normal_(0, 0.2)
+            blk.attn.v_bias.normal_(0, 0.2)
+    assert type(ref.blocks[0].attn) is EvaAttention
+    adopted = copy.deepcopy(ref)
+    vitslim.describe(adopted)
+    assert type(adopted.blocks[0].attn) is not EvaAttention
+    x = resize_batch(photos[:2], 56)
+    with torch.no_grad():
+        assert (ref(x) - adopted(x)).abs().max().item() <= 1e-6
+
+
+def test_scale_norms_prune_and_roundtrip(photos, tmp_path):
+    """EVA02-B's norm inside the MLP (scale_mlp) and inside attention (scale_attn_inner) shrink with the
+    widths they normalise (not exact: they re-normalise over the kept channels, like the residual norms)."""
+    torch.manual_seed(0)
+    model = vitslim.create("timm:eva02_base_patch14_224", img_size=56, scale_attn_inner=True, **SMALL)
+    assert not isinstance(model.blocks[0].mlp.norm, torch.nn.Identity)
+    pruned = vitslim.prune(model, 0.5, part="both", importance="magnitude")
+    hidden = vitslim.describe(pruned).widths()["blocks"][0]["mlp_hidden"]
+    assert pruned.blocks[0].mlp.norm.weight.shape == (hidden,)
+    assert pruned.blocks[0].attn.norm.weight.shape == (pruned.blocks[0].attn.num_heads * 16,)
+    x = resize_batch(photos[:2], 56)
+    loaded = vitslim.load(vitslim.save(pruned, tmp_path / "m.pt"))
+    assert torch.equal(_out(loaded, x), _out(pruned, x))
+
+
+def test_compress_runs_on_a_rotary_vit(photos, tmp_path):
+    torch.manual_seed(0)
+    model = vitslim.create("timm:vit_small_patch16_dinov3", img_size=64, **{**SMALL, "num_classes": 10})
+    result = vitslim.compress_run(model, 0.5, data=resize_batch(photos[:4], 64), epochs=1, batch_size=2,
+                                  min_steps=2, importance="magnitude", out=tmp_path / "c.pt", progress=False)
+    loaded = vitslim.load(tmp_path / "c.pt")
+    assert vitslim.describe(loaded).widths() == vitslim.describe(result.student).widths()
+    assert all(b["num_heads"] < 3 for b in vitslim.describe(loaded).widths()["blocks"])
+
+
+@pytest.mark.parametrize("arch,config,message", [
+    ("vit_small_patch16_rope_mixed_224", {}, "learns per-head"),
+    ("vit_pe_core_tiny_patch16_384", {"num_kv_heads": 1, "qkv_fused": False}, "grouped-query attention"),
+    ("vit_small_patch16_18x2_224", {}, "found none"),
+    ("samvit_base_patch16", {}, "vision_transformer_sam.Attention"),
+    ("vit_relpos_small_patch16_224", {}, "RelPosAttention"),
+])
+def test_refusals_are_one_line(arch, config, message):
+    with pytest.raises(UsageError, match=message) as err:
+        vitslim.create(f"timm:{arch}", **{**SMALL, "img_size": 64, **config})
+    assert "\n" not in str(err.value)
