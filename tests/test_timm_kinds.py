@@ -14,23 +14,31 @@ from .test_pruning import _zeroed_reference
 
 SMALL = dict(pretrained=False, depth=2, embed_dim=48, num_heads=3, num_classes=0)  # features, not near-zero logits
 
-# (architecture, input size, whether its blocks are rotary)
+# (architecture, input size, the one attention mode its blocks allow, if only one)
 KINDS = [
-    ("eva02_tiny_patch14_224", 56, True),         # EvaAttention, fused qkv + q/v biases, RoPE, SwiGLU
-    ("vit_base_patch16_rope_224", 64, True),      # EvaAttention with RoPE, plain Mlp
-    ("vit_small_patch16_dinov3", 64, True),       # AttentionRope (DINOv3 RoPE), LayerScale, registers
-    ("vit_pe_core_tiny_patch16_384", 64, True),   # AttentionRope (Perception Encoder)
-    ("eva_giant_patch14_224", 56, False),         # EvaAttention without RoPE: head dims pruned too
-    ("vit_base_patch16_siglip_224", 64, False),   # timm Attention, latent attention-pooling head
+    ("eva02_tiny_patch14_224", 56, "heads"),          # EvaAttention, fused qkv + q/v biases, RoPE, SwiGLU
+    ("vit_base_patch16_rope_224", 64, "heads"),       # EvaAttention with RoPE, plain Mlp
+    ("vit_small_patch16_dinov3", 64, "heads"),        # AttentionRope (DINOv3 RoPE), LayerScale, registers
+    ("vit_pe_core_tiny_patch16_384", 64, "heads"),    # AttentionRope (Perception Encoder), attention pool
+    ("eva_giant_patch14_224", 56, None),              # EvaAttention without RoPE
+    ("vit_base_patch16_siglip_224", 64, None),        # timm Attention, latent attention-pooling head
+    ("beit_base_patch16_224", 64, None),              # BEiT: q/v biases, per-block bias table per head
+    ("vit_relpos_small_patch16_224", 64, None),       # RelPosAttention, bias from an MLP (one output per head)
+    ("vit_relpos_base_patch16_clsgap_224", 64, None), # RelPosAttention, class token
+    ("vit_relpos_small_patch16_rpn_224", 64, None),   # RelPosAttention, residual post-norm blocks
+    ("vit_srelpos_small_patch16_224", 64, "head_dim"),  # one relative position bias shared by every block
 ]
 
 
 def _model(arch: str, size: int):
     torch.manual_seed(0)
     model = vitslim.create(f"timm:{arch}", img_size=size, **SMALL)
-    with torch.no_grad():  # timm starts biases and some gates at zero: give them values that matter
+    with torch.no_grad():  # timm starts biases, gates and some branches near zero: give them values that matter
         for name, p in model.named_parameters():
-            if name.endswith(("q_bias", "v_bias", "fc1_g.weight", "gamma_1", "gamma_2")):
+            if name.startswith("blocks.") and name.endswith((".proj.weight", "fc2.weight")) and p.dim() == 2:
+                p.normal_(0, 0.2)
+            if name.endswith(("q_bias", "v_bias", "fc1_g.weight", "gamma_1", "gamma_2", "ls1.gamma", "ls2.gamma", "bias_table", "norm1.weight", "norm2.weight",
+                              "rel_pos.mlp.fc2.weight")):
                 p.normal_(0, 0.2)
     return model
 
@@ -40,15 +48,15 @@ def _out(model, x):
     return y[0] if isinstance(y, tuple) else y
 
 
-@pytest.mark.parametrize("arch,size,rotary", KINDS)
+@pytest.mark.parametrize("arch,size,only", KINDS)
 @pytest.mark.parametrize("attention", ["head_dim", "heads"])
-def test_bottleneck_pruning_equals_zeroing(arch, size, rotary, attention, photos):
+def test_bottleneck_pruning_equals_zeroing(arch, size, only, attention, photos):
     model = _model(arch, size)
     x = resize_batch(photos[:3], size)
     kw = dict(ratio=0.5, part="bottleneck", importance="random", attention=attention, seed=2)
     p = vitslim.plan(model, **kw)
     kinds = {g.kind for g in p.groups if g.kind != "mlp"}
-    assert kinds == ({"heads"} if rotary else {attention})  # rotary blocks only lose whole heads
+    assert kinds == {only or attention}  # rotary blocks only lose whole heads, a shared bias keeps them all
     pruned = vitslim.prune(model, **kw)
     widths = vitslim.describe(pruned).widths()["blocks"]
     assert all(b["num_heads"] < 3 or b["head_dim"] < 16 for b in widths)
@@ -58,8 +66,8 @@ def test_bottleneck_pruning_equals_zeroing(arch, size, rotary, attention, photos
     assert (_out(model, x) - got).abs().max().item() > 1e-4
 
 
-@pytest.mark.parametrize("arch,size,rotary", KINDS)
-def test_ratio_zero_and_roundtrip(arch, size, rotary, photos, tmp_path):
+@pytest.mark.parametrize("arch,size,only", KINDS)
+def test_ratio_zero_and_roundtrip(arch, size, only, photos, tmp_path):
     model = _model(arch, size)
     x = resize_batch(photos[:2], size)
     same = vitslim.prune(model, 0.0, part="both", importance="magnitude")
@@ -74,9 +82,8 @@ def test_ratio_zero_and_roundtrip(arch, size, rotary, photos, tmp_path):
 
 def test_eva_attention_adoption_keeps_the_function(photos):
     """The family's EvaAttention (own width, qkv called as a layer) computes timm's function."""
-    from timm.models.eva import EvaAttention
-
     import timm
+    from timm.models.eva import EvaAttention
 
     torch.manual_seed(0)
     ref = timm.create_model("eva02_tiny_patch14_224", img_size=56, **SMALL).eval()
@@ -123,7 +130,6 @@ def test_compress_runs_on_a_rotary_vit(photos, tmp_path):
     ("vit_pe_core_tiny_patch16_384", {"num_kv_heads": 1, "qkv_fused": False}, "grouped-query attention"),
     ("vit_small_patch16_18x2_224", {}, "found none"),
     ("samvit_base_patch16", {}, "vision_transformer_sam.Attention"),
-    ("vit_relpos_small_patch16_224", {}, "RelPosAttention"),
 ])
 def test_refusals_are_one_line(arch, config, message):
     with pytest.raises(UsageError, match=message) as err:

@@ -20,8 +20,8 @@ PARTS = ("embedding", "bottleneck", "both")
 ATTENTION_MODES = ("head_dim", "heads")
 
 # How a bottleneck member's axis is laid out: qkv rows (q|k|v, head, dim), attention width (head, dim)
-# read by proj, one entry per head-dim channel shared by all heads, MLP hidden channels.
-QKV, ATTN, HEAD_DIM, MLP, GLU = "qkv", "attn", "head_dim", "mlp", "glu"  # glu: MLP hidden channels, twice
+# read by proj, one entry per head-dim channel shared by all heads, one entry per head, MLP hidden channels.
+QKV, ATTN, HEAD_DIM, HEAD, MLP, GLU = "qkv", "attn", "head_dim", "head", "mlp", "glu"  # glu: MLP hidden, twice
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Member:
 
     def size(self, num_heads: int, head_dim: int, mlp_hidden: int) -> int:
         """The axis length for the given widths."""
-        return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, HEAD_DIM: head_dim,
+        return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, HEAD_DIM: head_dim, HEAD: num_heads,
                 MLP: mlp_hidden, GLU: 2 * mlp_hidden}[self.layout]
 
 
@@ -50,6 +50,7 @@ def block_members(block: BlockSpec) -> list[Member]:
         *inputs, Member(f"{a.proj}.weight", 1, ATTN),
         *(Member(name, axis, HEAD_DIM) for name, axis in a.head_dim_params),
         *(Member(name, axis, ATTN) for name, axis in a.width_params),
+        *(Member(name, axis, HEAD) for name, axis in a.head_params),
         Member(f"{m.fc1}.weight", 0, fc1), Member(f"{m.fc1}.bias", 0, fc1), Member(f"{m.fc2}.weight", 1, MLP),
         *((Member(f"{m.gate}.weight", 0, MLP), Member(f"{m.gate}.bias", 0, MLP)) if m.gate else ()),
         *(Member(name, axis, MLP) for name, axis in m.hidden_params),
@@ -100,21 +101,25 @@ def _attention_index(layout: str, heads: int, hd: int, mode: str) -> torch.Tenso
     if mode == "head_dim":
         if layout == QKV:
             return torch.stack([qkv_rows(heads, hd, all_h, torch.tensor([d])) for d in range(hd)])
-        return torch.stack([all_h * hd + d for d in range(hd)]) if layout == ATTN else _identity(hd)
+        if layout == ATTN:
+            return torch.stack([all_h * hd + d for d in range(hd)])
+        return _identity(hd) if layout == HEAD_DIM else None  # every head stays
     if layout == QKV:
         return torch.stack([qkv_rows(heads, hd, torch.tensor([h]), all_d) for h in range(heads)])
-    return torch.stack([h * hd + all_d for h in range(heads)]) if layout == ATTN else None  # heads keep head dim
+    if layout == ATTN:
+        return torch.stack([h * hd + all_d for h in range(heads)])
+    return _identity(heads) if layout == HEAD else None  # the remaining heads keep their head dim
 
 
 def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> ChannelGroup:
-    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head (always,
-    for rotary attention)."""
+    """Block ``i``'s attention: one channel per head-dim index (all heads), or per whole head (the
+    block's own mode where it allows only one, see :class:`~vitslim.structure.AttentionSpec`)."""
     if mode not in ATTENTION_MODES:
         raise ValueError(f"unknown attention mode {mode!r}: choose one of {ATTENTION_MODES}")
     block = structure.blocks[i]
     a = block.attn
-    if a.rotary:
-        mode = "heads"
+    if mode not in a.modes:
+        mode = a.modes[0]
     members = []
     for m in block_members(block):
         if m.layout not in (MLP, GLU):

@@ -17,9 +17,12 @@ class AttentionSpec:
     dim), or three layers ``(q, k, v)`` producing ``num_heads * head_dim`` each; ``proj`` consumes
     ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim channel that
     all heads share (SAM's ``rel_pos_h``/``rel_pos_w``), ``width_params`` parameters with one axis over
-    the attention width (head, dim) (EVA's separate q and v biases, an output gate's rows), both as
-    ``(name, axis)``. ``rotary``: q and k are rotated in pairs of head-dim channels by a position table
-    that every block shares, so only whole heads are removed (the table keeps its size).
+    the attention width (head, dim) (EVA's separate q and v biases, an output gate's rows), and
+    ``head_params`` parameters with one axis per head (a per-head relative position bias table), all as
+    ``(name, axis)``. ``modes`` are the ways its channels may be removed (``head_dim``, ``heads``), the
+    first used when the one asked for is not among them: rotary attention (q and k turned in pairs of
+    head-dim channels by a table every block shares) loses only whole heads; a relative position bias
+    shared by every block keeps every head.
     ``seq_len`` and ``num_seqs`` describe the attention matrices at the family's input size (for MACs);
     ``rel_pos`` is the (height, width) grid when decomposed relative positions are added, else None.
     """
@@ -34,7 +37,8 @@ class AttentionSpec:
     num_seqs: int = 1
     rel_pos: tuple[int, int] | None = None
     width_params: list[tuple[str, int]] = field(default_factory=list)
-    rotary: bool = False
+    head_params: list[tuple[str, int]] = field(default_factory=list)
+    modes: tuple[str, ...] = ("head_dim", "heads")
 
 
 @dataclass

@@ -22,9 +22,13 @@ def _attention_types() -> tuple[type, ...]:
     from timm.layers import Attention, AttentionRope
     from timm.models.eva import EvaAttention
 
-    from .layers import EvaAttentionAnyWidth
+    from timm.models.beit import Attention as BeitAttention
+    from timm.models.vision_transformer_relpos import RelPosAttention
 
-    return Attention, AttentionRope, EvaAttention, EvaAttentionAnyWidth
+    from .layers import BeitAttentionAnyWidth, EvaAttentionAnyWidth, RelPosAttentionAnyWidth
+
+    return (Attention, AttentionRope, EvaAttention, EvaAttentionAnyWidth, BeitAttention, BeitAttentionAnyWidth,
+            RelPosAttention, RelPosAttentionAnyWidth)
 
 PREFIX = "timm:"
 
@@ -124,8 +128,8 @@ class TimmFamily(Family):
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
             if type(attn) not in _attention_types():
                 raise UsageError(
-                    f"timm:{arch} is not supported: block {i} has no timm Attention, EvaAttention or "
-                    f"AttentionRope (attn.qkv or q/k/v_proj, attn.proj), found {_qualname(attn)}"
+                    f"timm:{arch} is not supported: block {i} has no attention vitslim knows (timm's Attention, "
+                    f"AttentionRope, EVA's, BEiT's or RelPosAttention), found {_qualname(attn)}"
                 )
             if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
                 raise UsageError(f"timm:{arch} is not supported: block {i} uses grouped-query attention "
@@ -141,10 +145,12 @@ class TimmFamily(Family):
                              f"not the latent attention pool (AttentionPoolLatent)")
 
     def identify(self, model: nn.Module):
+        from timm.models.beit import Beit
         from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
+        from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
-        if not isinstance(model, (VisionTransformer, Eva)):
+        if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos)):
             return None
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
@@ -227,7 +233,14 @@ class TimmFamily(Family):
             add(name, 0)
         grid = model.patch_embed.grid_size
         tokens = math.prod(grid) + getattr(model, "num_prefix_tokens", 0)
-        rotary = getattr(model, "rope", None) is not None  # EVA02 and the *_rope_* ViTs: one shared table
+        # a table every block shares fixes what may be removed: RoPE (EVA02, the *_rope_* ViTs, DINOv3, PE)
+        # pairs head-dim channels, so only whole heads go; a shared relative position bias has every head
+        if getattr(model, "rope", None) is not None:
+            modes = ("heads",)
+        elif getattr(model, "shared_rel_pos", None) is not None or getattr(model, "rel_pos_bias", None) is not None:
+            modes = ("head_dim",)
+        else:
+            modes = ("head_dim", "heads")
         blocks = []
         for i, blk in enumerate(model.blocks):
             p, attn, mlp = f"blocks.{i}", blk.attn, blk.mlp
@@ -246,14 +259,20 @@ class TimmFamily(Family):
             if gated:
                 add(f"{p}.mlp.fc1_g.weight", 1)
             hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")]
+            heads = [(f"{p}.attn.{n}", axis) for n, axis in (
+                ("relative_position_bias_table", 1),          # BEiT: (distances, heads)
+                ("rel_pos.relative_position_bias_table", 1),  # RelPosBias
+                ("rel_pos.mlp.fc2.weight", 0), ("rel_pos.mlp.fc2.bias", 0),  # RelPosMlp: one output per head
+            ) if f"{p}.attn.{n}" in params]
             blocks.append(BlockSpec(
                 name=p,
                 attn=AttentionSpec(
                     module=f"{p}.attn", proj=f"{p}.attn.proj",
                     qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
-                    num_heads=attn.num_heads, head_dim=attn.head_dim, seq_len=tokens, num_seqs=1,
+                    num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
+                    seq_len=tokens, num_seqs=1,
                     head_dim_params=[x for x in hd_params if x[0] in params],
-                    width_params=[x for x in width if x[0] in params], rotary=rotary,
+                    width_params=[x for x in width if x[0] in params], head_params=heads, modes=modes,
                 ),
                 mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
                             gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
@@ -292,18 +311,23 @@ class TimmFamily(Family):
         attn.scale = head_dim ** -0.5
         if hasattr(attn, "num_kv_heads"):  # AttentionRope (grouped-query attention is refused)
             attn.num_kv_heads, attn.kv_dim = num_heads, num_heads * head_dim
-        if getattr(attn, "k_bias", None) is not None:  # EvaAttention: a zero buffer beside q_bias, v_bias
+        if getattr(attn, "k_bias", None) is not None:  # EVA, BEiT: a zero buffer beside q_bias, v_bias
             attn.k_bias = torch.zeros_like(attn.q_bias)
+        rel_pos = getattr(attn, "rel_pos", None)
+        if rel_pos is not None:  # RelPosMlp / RelPosBias: one bias map per head
+            rel_pos.num_heads = num_heads
+            rel_pos.bias_shape = (*rel_pos.bias_shape[:-1], num_heads)
 
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """timm's fused path scales by the *current* head dim; fold the ratio into q so that the pruned
         attention equals the original one with the removed channels zeroed."""
         factor = (attn.head_dim / old_head_dim) ** 0.5
         rows = attn.num_heads * attn.head_dim
+        q_norm = getattr(attn, "q_norm", nn.Identity())  # BEiT's attention has none
         with torch.no_grad():
-            if getattr(attn.q_norm, "weight", None) is not None:
-                targets = [attn.q_norm.weight, getattr(attn.q_norm, "bias", None)]
-            elif not isinstance(attn.q_norm, nn.Identity):
+            if getattr(q_norm, "weight", None) is not None:
+                targets = [q_norm.weight, getattr(q_norm, "bias", None)]
+            elif not isinstance(q_norm, nn.Identity):
                 raise UsageError("cannot prune head dims of a timm attention with an affine-free q_norm")
             elif attn.qkv is not None:
                 targets = [attn.qkv.weight[:rows], None if attn.qkv.bias is None else attn.qkv.bias[:rows],

@@ -1,7 +1,8 @@
 """timm layers that assume their attention width equals the embedding width, made to work at any width.
 
-``EvaAttention`` and ``AttentionPoolLatent`` reshape their attention output to the *input* width, and
-``EvaAttention`` adds its q/v biases through a functional ``F.linear``. Both are fine while the widths
+``EvaAttention``, BEiT's ``Attention``, ``RelPosAttention`` and ``AttentionPoolLatent`` reshape their
+attention output to the *input* width, and EVA and BEiT add their q/v biases through a functional
+``F.linear``. Both are fine while the widths
 are equal and nothing traces the model; after pruning they differ, and torch-pruning's dependency graph
 cannot see a layer that is not called. The subclasses here compute the same functions (tested to 1e-6)
 with their own width and real layer calls; the family switches a model's modules to them in place
@@ -13,8 +14,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import AttentionPoolLatent, apply_rot_embed_cat
+from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
+from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
+
+
+def _qkv_with_biases(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``qkv(x)`` plus EVA's / BEiT's separate q and v biases (k has none), with ``qkv`` called as a layer."""
+    qkv = attn.qkv(x)
+    if attn.q_bias is None:
+        return qkv
+    return qkv + torch.cat((attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias))
+
+
+def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention with an additive bias (None: none), fused or not as the layer says."""
+    if attn.fused_attn:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                              dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    return attn.attn_drop((scores if bias is None else scores + bias).softmax(dim=-1)) @ v
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, head_dim) -> (B, N, heads * head_dim)."""
+    B, _, N, _ = x.shape
+    return x.transpose(1, 2).reshape(B, N, -1)
 
 
 class EvaAttentionAnyWidth(EvaAttention):
@@ -25,9 +52,7 @@ class EvaAttentionAnyWidth(EvaAttention):
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         if self.qkv is not None:
-            qkv = self.qkv(x)
-            if self.q_bias is not None:
-                qkv = qkv + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+            qkv = _qkv_with_biases(self, x)
             q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = (proj(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -37,20 +62,35 @@ class EvaAttentionAnyWidth(EvaAttention):
             npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
             q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
             k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if is_causal:
-                attn = attn.masked_fill(torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-            if attn_mask is not None:
-                attn = attn + attn_mask if attn_mask.dtype != torch.bool else attn.masked_fill(~attn_mask, float("-inf"))
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
-        x = self.norm(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
+        if is_causal or (attn_mask is not None and attn_mask.dtype == torch.bool):
+            raise NotImplementedError("causal or boolean attention masks")  # timm's image models use neither
+        x = self.norm(_merge_heads(_attend(self, q, k, v, attn_mask)))
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
+
+
+class BeitAttentionAnyWidth(BeitAttention):
+    """BEiT's ``Attention`` (q/v biases, per-block and shared relative position bias tables) at any width."""
+
+    def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = _qkv_with_biases(self, x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self._get_rel_pos_bias() if self.relative_position_bias_table is not None else None
+        if shared_rel_pos_bias is not None:
+            bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
+        return self.proj_drop(self.proj(_merge_heads(_attend(self, q, k, v, bias))))
+
+
+class RelPosAttentionAnyWidth(RelPosAttention):
+    """``RelPosAttention`` (a per-block or shared relative position bias, from a table or an MLP) at any width."""
+
+    def forward(self, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        bias = self.rel_pos.get_bias() if self.rel_pos is not None else shared_rel_pos
+        return self.proj_drop(self.proj(_merge_heads(_attend(self, q, k, v, bias))))
 
 
 class AttentionPoolAnyWidth(AttentionPoolLatent):
@@ -77,7 +117,8 @@ class AttentionPoolAnyWidth(AttentionPoolLatent):
         return x.mean(1) if self.pool == "avg" else x
 
 
-_ANY_WIDTH = {EvaAttention: EvaAttentionAnyWidth, AttentionPoolLatent: AttentionPoolAnyWidth}
+_ANY_WIDTH = {EvaAttention: EvaAttentionAnyWidth, BeitAttention: BeitAttentionAnyWidth,
+              RelPosAttention: RelPosAttentionAnyWidth, AttentionPoolLatent: AttentionPoolAnyWidth}
 
 
 def adopt(module: nn.Module | None) -> None:
