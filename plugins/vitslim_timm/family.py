@@ -24,11 +24,12 @@ def _attention_types() -> tuple[type, ...]:
 
     from timm.models.beit import Attention as BeitAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
+    from timm.models.vision_transformer_sam import Attention as SamAttention
 
     from .layers import BeitAttentionAnyWidth, EvaAttentionAnyWidth, RelPosAttentionAnyWidth
 
     return (Attention, AttentionRope, EvaAttention, EvaAttentionAnyWidth, BeitAttention, BeitAttentionAnyWidth,
-            RelPosAttention, RelPosAttentionAnyWidth)
+            RelPosAttention, RelPosAttentionAnyWidth, SamAttention)
 
 PREFIX = "timm:"
 
@@ -118,10 +119,12 @@ class TimmFamily(Family):
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
             raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
         if not isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
-            raise UsageError(f"timm:{arch} is not supported: it has no convolutional patch embedding "
-                             f"(patch_embed.proj)")
-        rope = getattr(model, "rope", None)
-        if rope is not None and any(True for _ in rope.parameters()):
+            why = ("NaFlexVit's patch embedding (embeds.proj) is not reached by torch-pruning's dependency graph, "
+                   "which decides the residual coupling" if hasattr(model, "embeds") else
+                   "it has no convolutional patch embedding (patch_embed.proj)")
+            raise UsageError(f"timm:{arch} is not supported: {why}")
+        ropes = [getattr(model, "rope", None)] + [getattr(getattr(b, "attn", None), "rope", None) for b in blocks]
+        if any(True for r in ropes if r is not None for _ in r.parameters()):
             raise UsageError(f"timm:{arch} is not supported: its rotary position embedding learns per-head "
                              f"frequencies (rope_type='mixed'), which head pruning would have to slice per block")
         for i, blk in enumerate(blocks):
@@ -129,7 +132,7 @@ class TimmFamily(Family):
             if type(attn) not in _attention_types():
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no attention vitslim knows (timm's Attention, "
-                    f"AttentionRope, EVA's, BEiT's or RelPosAttention), found {_qualname(attn)}"
+                    f"AttentionRope, EVA's, BEiT's, RelPosAttention or samvit's), found {_qualname(attn)}"
                 )
             if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
                 raise UsageError(f"timm:{arch} is not supported: block {i} uses grouped-query attention "
@@ -149,8 +152,9 @@ class TimmFamily(Family):
         from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
         from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+        from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-        if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos)):
+        if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos, VisionTransformerSAM)):
             return None
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
@@ -169,7 +173,7 @@ class TimmFamily(Family):
         return create_transform(**cfg)(image)
 
     def optimize(self, model: nn.Module, kernel: str = "auto") -> nn.Module:
-        """timm's attention is already one fused SDPA call (scale folded into q by pruning): make sure
+        """timm's attention is already one fused SDPA call (scale folded into k by pruning): make sure
         the fused path is on."""
         if kernel not in ("auto", "sdpa"):
             raise UsageError(f"unknown attention kernel '{kernel}' for timm: choose auto or sdpa")
@@ -259,6 +263,7 @@ class TimmFamily(Family):
             if gated:
                 add(f"{p}.mlp.fc1_g.weight", 1)
             hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")]
+            hd_params += [(f"{p}.attn.{n}", 1) for n in ("rel_pos_h", "rel_pos_w")]  # samvit: as SAM's
             heads = [(f"{p}.attn.{n}", axis) for n, axis in (
                 ("relative_position_bias_table", 1),          # BEiT: (distances, heads)
                 ("rel_pos.relative_position_bias_table", 1),  # RelPosBias
@@ -270,9 +275,12 @@ class TimmFamily(Family):
                     module=f"{p}.attn", proj=f"{p}.attn.proj",
                     qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
                     num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
-                    seq_len=tokens, num_seqs=1,
+                    seq_len=tokens if not getattr(blk, "window_size", 0) else blk.window_size ** 2,
+                    num_seqs=1 if not getattr(blk, "window_size", 0) else math.prod(
+                        -(-g // blk.window_size) for g in grid),
                     head_dim_params=[x for x in hd_params if x[0] in params],
-                    width_params=[x for x in width if x[0] in params], head_params=heads, modes=modes,
+                    width_params=[x for x in width if x[0] in params], head_params=heads,
+                    modes=("heads",) if getattr(attn, "rope", None) is not None else modes,  # samvit's own RoPE
                 ),
                 mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
                             gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
@@ -282,7 +290,14 @@ class TimmFamily(Family):
         add("norm.weight", 0)
         add("norm.bias", 0)
         pool = getattr(model, "attn_pool", None)
-        if pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
+        neck = getattr(model, "neck", None)
+        if isinstance(neck, nn.Sequential):  # samvit: a 1x1 conv reads the residual stream, the head its output
+            add("neck.0.weight", 1)
+        elif neck is not None:  # samvit without a neck: LayerNorm2d (or nothing), then the head
+            for name, axis in (("neck.weight", 0), ("neck.bias", 0), ("head.norm.weight", 0), ("head.norm.bias", 0),
+                               ("head.pre_logits.fc.weight", 1), ("head.fc.weight", 1)):
+                add(name, axis)
+        elif pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
             adopt(pool)       # writes a stream of its own width, which fc_norm and the head read
             add("attn_pool.kv.weight", 1)
             add("attn_pool.pos_embed", 1)
@@ -298,9 +313,11 @@ class TimmFamily(Family):
         )
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
-        pooled = getattr(encoder, "attn_pool", None) is not None  # the head reads the pool's own width
-        for attr in ("embed_dim", "num_features") if pooled else ("embed_dim", "num_features", "head_hidden_size"):
-            if hasattr(encoder, attr):
+        """Set the width attributes that named the residual width (a pooling head or a neck keeps its own)."""
+        old = encoder.embed_dim
+        separate_head = getattr(encoder, "attn_pool", None) is not None or isinstance(getattr(encoder, "neck", None), nn.Sequential)
+        for attr in ("embed_dim", "num_features", "head_hidden_size"):
+            if getattr(encoder, attr, None) == old and not (separate_head and attr != "embed_dim"):
                 setattr(encoder, attr, width)
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
@@ -319,21 +336,22 @@ class TimmFamily(Family):
             rel_pos.bias_shape = (*rel_pos.bias_shape[:-1], num_heads)
 
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
-        """timm's fused path scales by the *current* head dim; fold the ratio into q so that the pruned
-        attention equals the original one with the removed channels zeroed."""
+        """timm's fused paths scale by the *current* head dim; fold the ratio into k (q may also feed a
+        relative position bias, as in samvit) so that the pruned attention equals the original one with
+        the removed channels zeroed."""
         factor = (attn.head_dim / old_head_dim) ** 0.5
         rows = attn.num_heads * attn.head_dim
-        q_norm = getattr(attn, "q_norm", nn.Identity())  # BEiT's attention has none
+        k_norm = getattr(attn, "k_norm", nn.Identity())  # BEiT's attention has none
         with torch.no_grad():
-            if getattr(q_norm, "weight", None) is not None:
-                targets = [q_norm.weight, getattr(q_norm, "bias", None)]
-            elif not isinstance(q_norm, nn.Identity):
-                raise UsageError("cannot prune head dims of a timm attention with an affine-free q_norm")
-            elif attn.qkv is not None:
-                targets = [attn.qkv.weight[:rows], None if attn.qkv.bias is None else attn.qkv.bias[:rows],
-                           getattr(attn, "q_bias", None)]
+            if getattr(k_norm, "weight", None) is not None:
+                targets = [k_norm.weight, getattr(k_norm, "bias", None)]
+            elif not isinstance(k_norm, nn.Identity):
+                raise UsageError("cannot prune head dims of a timm attention with an affine-free k_norm")
+            elif attn.qkv is not None:  # EVA's and BEiT's k has no bias
+                targets = [attn.qkv.weight[rows:2 * rows],
+                           None if attn.qkv.bias is None else attn.qkv.bias[rows:2 * rows]]
             else:
-                targets = [attn.q_proj.weight, attn.q_proj.bias]
+                targets = [attn.k_proj.weight, attn.k_proj.bias]
             for t in targets:
                 if t is not None:
                     t *= factor
