@@ -28,6 +28,8 @@ KINDS = [
     ("vit_relpos_small_patch16_rpn_224", 64, None),   # RelPosAttention, residual post-norm blocks
     ("vit_srelpos_small_patch16_224", 64, "head_dim"),  # one relative position bias shared by every block
     ("samvit_base_patch16", 64, None),                # timm's SAM ViT: windows, decomposed rel-pos, conv neck
+    ("naflexvit_base_patch16_gap", 64, None),         # NaFlexVit: Linear patch embedding, in-place pos embed
+    ("naflexvit_base_patch16_parfac_gap", 64, None),  # NaFlexVit: factorised position embedding
 ]
 
 

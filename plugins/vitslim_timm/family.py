@@ -18,6 +18,16 @@ from .layers import adopt
 from .names import resolve
 
 
+def _patch_embedding(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
+    """Where the residual stream starts (``patch_embed``: a Conv2d ``proj``; ``embeds``: NaFlexVit's
+    patch embedding, a Linear on flattened patches or a Conv2d) and its native token grid; None if neither."""
+    if isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
+        return "patch_embed", tuple(model.patch_embed.grid_size)
+    if isinstance(getattr(getattr(model, "embeds", None), "proj", None), (nn.Linear, nn.Conv2d)):
+        return "embeds", tuple(model.embeds.pos_embed_grid_size)
+    return None
+
+
 def _attention_types() -> tuple[type, ...]:
     from timm.layers import Attention, AttentionRope
     from timm.models.eva import EvaAttention
@@ -118,11 +128,9 @@ class TimmFamily(Family):
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
             raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
-        if not isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
-            why = ("NaFlexVit's patch embedding (embeds.proj) is not reached by torch-pruning's dependency graph, "
-                   "which decides the residual coupling" if hasattr(model, "embeds") else
-                   "it has no convolutional patch embedding (patch_embed.proj)")
-            raise UsageError(f"timm:{arch} is not supported: {why}")
+        if _patch_embedding(model) is None:
+            raise UsageError(f"timm:{arch} is not supported: it has no patch embedding vitslim knows "
+                             f"(a Conv2d patch_embed.proj, or NaFlexVit's embeds.proj)")
         ropes = [getattr(model, "rope", None)] + [getattr(getattr(b, "attn", None), "rope", None) for b in blocks]
         if any(True for r in ropes if r is not None for _ in r.parameters()):
             raise UsageError(f"timm:{arch} is not supported: its rotary position embedding learns per-head "
@@ -152,15 +160,19 @@ class TimmFamily(Family):
         from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
         from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+        from timm.models.naflexvit import NaFlexVit
         from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-        if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos, VisionTransformerSAM)):
+        if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos, VisionTransformerSAM,
+                                  NaFlexVit)):
             return None
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
-        chans = model.patch_embed.proj.in_channels
-        return (chans, *model.patch_embed.img_size)
+        root, grid = _patch_embedding(model)
+        if root == "patch_embed":
+            return (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+        return (model.in_chans, *(g * p for g, p in zip(grid, model.embeds.patch_size)))
 
     def input_size_config(self, size: int) -> dict[str, Any]:
         return {"img_size": size}
@@ -229,13 +241,15 @@ class TimmFamily(Family):
             if name in params:
                 emb.append((name, axis))
 
-        for name in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+        root, grid = _patch_embedding(model)
+        adopt(getattr(model, "embeds", None))
+        for name in (f"{root}.proj.weight", f"{root}.proj.bias"):
             add(name, 0)
-        for name in [n for n in params if "." not in n and (n.endswith("token") or n == "pos_embed")]:
-            add(name, params[name].dim() - 1)  # cls, register, distillation tokens; position embedding
-        for name in ("patch_embed.norm.weight", "patch_embed.norm.bias", "norm_pre.weight", "norm_pre.bias"):
+        for name in params:  # cls, register, distillation tokens; position embeddings (NaFlexVit's factorised too)
+            if "." not in name.removeprefix(f"{root}.") and name.endswith(("token", "pos_embed", "pos_embed_y", "pos_embed_x")):
+                add(name, params[name].dim() - 1)
+        for name in (f"{root}.norm.weight", f"{root}.norm.bias", "norm_pre.weight", "norm_pre.bias"):
             add(name, 0)
-        grid = model.patch_embed.grid_size
         tokens = math.prod(grid) + getattr(model, "num_prefix_tokens", 0)
         # a table every block shares fixes what may be removed: RoPE (EVA02, the *_rope_* ViTs, DINOv3, PE)
         # pairs head-dim channels, so only whole heads go; a shared relative position bias has every head
@@ -308,8 +322,8 @@ class TimmFamily(Family):
                 if name.startswith("head") and isinstance(module, nn.Linear):  # head, head_dist
                     add(f"{name}.weight", 1)
         return Structure(
-            embed_dim=model.patch_embed.proj.out_channels,
-            blocks=blocks, embedding_root="patch_embed.proj", embedding_params=emb,
+            embed_dim=params[f"{root}.proj.weight"].shape[0],
+            blocks=blocks, embedding_root=f"{root}.proj", embedding_params=emb,
         )
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:

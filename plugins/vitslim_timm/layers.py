@@ -117,11 +117,28 @@ class AttentionPoolAnyWidth(AttentionPoolLatent):
         return x.mean(1) if self.pool == "avg" else x
 
 
+class _Copy(nn.Module):
+    """``x.clone()``: what NaFlexVit's patch embedding normalises with when it has no norm, so that its
+    in-place position-embedding add does not overwrite the projection's output (which would hide the
+    projection from torch-pruning's dependency graph). No parameters; the same function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def _adopt_naflex_embeds(embeds: nn.Module) -> None:
+    if isinstance(embeds.norm, nn.Identity):
+        embeds.norm = _Copy()
+
+
 _ANY_WIDTH = {EvaAttention: EvaAttentionAnyWidth, BeitAttention: BeitAttentionAnyWidth,
               RelPosAttention: RelPosAttentionAnyWidth, AttentionPoolLatent: AttentionPoolAnyWidth}
 
 
 def adopt(module: nn.Module | None) -> None:
-    """Switch a timm layer listed above to its any-width subclass in place (same parameters)."""
+    """Switch a timm layer listed above to its any-width subclass in place, or give NaFlexVit's patch
+    embedding a traceable norm (same parameters, same function)."""
     if type(module) in _ANY_WIDTH:
         module.__class__ = _ANY_WIDTH[type(module)]
+    elif type(module).__name__ == "NaFlexEmbeds":
+        _adopt_naflex_embeds(module)
