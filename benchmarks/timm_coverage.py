@@ -1,5 +1,8 @@
 """Which timm Vision Transformers vitslim supports: every architecture registered in timm's plain-ViT
-modules, built on the meta device (no weights, no arithmetic) and put through the timm family's check.
+modules, built on the meta device (no weights, no arithmetic) at its own size and config, put through
+the timm family's check, then pruned at 0.5 (both parts, random scores, head dims and whole heads: the
+dependency graph must agree with the family's description) and run forward on a meta input. Only a
+model that gets through all of it counts as supported.
 
     python benchmarks/timm_coverage.py [--json coverage.json]
 
@@ -27,6 +30,7 @@ def verdict(arch: str) -> str | None:
     """None if vitslim supports ``arch``, else the reason it is refused (one line)."""
     import timm
 
+    import vitslim
     from vitslim.errors import VitslimError
     from vitslim_timm.family import TimmFamily
 
@@ -36,7 +40,10 @@ def verdict(arch: str) -> str | None:
             warnings.simplefilter("ignore")
             model = timm.create_model(arch, pretrained=False)
         family._check(model, arch)
-        family.describe(model)
+        for attention in ("head_dim", "heads"):
+            pruned = vitslim.prune(model, 0.5, part="both", importance="random", attention=attention)
+            with torch.no_grad():
+                pruned(torch.empty(1, *family.input_shape(model), device="meta"))
     except VitslimError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - a build failure on the meta device is a verdict too

@@ -249,6 +249,10 @@ def test_short_timm_names_resolve_and_unknown_ones_suggest(capsys):
     code, _, err = run(["inspect", "timm:vit_bse"], capsys)
     assert code == 2 and "closest are vit_base" in one_error_line(err)
     assert vitslim.info.get_info(vitslim.create("timm:dinov2_small", pretrained=False))["name"] == "timm:vit_small_patch14_dinov2"
+    from vitslim_timm.names import resolve
+
+    assert [resolve(n) for n in ("eva02_base", "dinov3_small", "pe_core_base", "siglip_base")] == [
+        "eva02_base_patch14_224", "vit_small_patch16_dinov3", "vit_pe_core_base_patch16_224", "vit_base_patch16_siglip_224"]
 
 
 def test_eval_saves_overlays_of_both_models_masks(tiny_sam, sam_file, tmp_path, capsys):

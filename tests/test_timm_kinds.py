@@ -30,6 +30,7 @@ KINDS = [
     ("samvit_base_patch16", 64, None),                # timm's SAM ViT: windows, decomposed rel-pos, conv neck
     ("naflexvit_base_patch16_gap", 64, None),         # NaFlexVit: Linear patch embedding, in-place pos embed
     ("naflexvit_base_patch16_parfac_gap", 64, None),  # NaFlexVit: factorised position embedding
+    ("vit_tiny_r_s16_p8_224", 64, None),              # hybrid: a ResNet stem feeds the patch projection
 ]
 
 
@@ -131,9 +132,27 @@ def test_compress_runs_on_a_rotary_vit(photos, tmp_path):
 @pytest.mark.parametrize("arch,config,message", [
     ("vit_small_patch16_rope_mixed_224", {}, "learns per-head"),
     ("vit_pe_core_tiny_patch16_384", {"num_kv_heads": 1, "qkv_fused": False}, "grouped-query attention"),
-    ("vit_small_patch16_18x2_224", {}, "found none"),
+    ("vit_small_patch16_18x2_224", {}, "parallel branches"),
+    ("vit_base_patch16_xp_224", {}, "parallel branches"),
 ])
 def test_refusals_are_one_line(arch, config, message):
     with pytest.raises(UsageError, match=message) as err:
         vitslim.create(f"timm:{arch}", **{**SMALL, "img_size": 64, **config})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("attention", ["head_dim", "heads"])
+def test_gated_attention_pruning_equals_zeroing(attention, photos):
+    """An attention output gate (EvaAttention's ``gated``): its rows go with the attention channels."""
+    torch.manual_seed(0)
+    model = vitslim.create("timm:eva_giant_patch14_224", img_size=56, **SMALL)
+    for blk in model.blocks:
+        blk.attn.gate = torch.nn.Linear(48, blk.attn.proj.in_features)
+    x = resize_batch(photos[:3], 56)
+    kw = {"ratio": 0.5, "part": "bottleneck", "importance": "random", "attention": attention, "seed": 4}
+    p = vitslim.plan(model, **kw)
+    assert any(name.endswith("attn.gate.weight") for g in p.groups if g.kind == attention for name, _, _ in g.members)
+    pruned = vitslim.prune(model, **kw)
+    assert pruned.blocks[0].attn.gate.out_features < 48
+    assert (_out(pruned, x) - _out(_zeroed_reference(model, p), x)).abs().max().item() <= 1e-5
+    assert (_out(model, x) - _out(pruned, x)).abs().max().item() > 1e-4

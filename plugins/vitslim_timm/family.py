@@ -30,13 +30,16 @@ def _patch_embedding(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
 
 def _attention_types() -> tuple[type, ...]:
     from timm.layers import Attention, AttentionRope
-    from timm.models.eva import EvaAttention
-
     from timm.models.beit import Attention as BeitAttention
+    from timm.models.eva import EvaAttention
     from timm.models.vision_transformer_relpos import RelPosAttention
     from timm.models.vision_transformer_sam import Attention as SamAttention
 
-    from .layers import BeitAttentionAnyWidth, EvaAttentionAnyWidth, RelPosAttentionAnyWidth
+    from .layers import (
+        BeitAttentionAnyWidth,
+        EvaAttentionAnyWidth,
+        RelPosAttentionAnyWidth,
+    )
 
     return (Attention, AttentionRope, EvaAttention, EvaAttentionAnyWidth, BeitAttention, BeitAttentionAnyWidth,
             RelPosAttention, RelPosAttentionAnyWidth, SamAttention)
@@ -137,6 +140,9 @@ class TimmFamily(Family):
                              f"frequencies (rope_type='mixed'), which head pruning would have to slice per block")
         for i, blk in enumerate(blocks):
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+            if attn is None and (hasattr(blk, "attns") or hasattr(blk, "in_proj")):
+                raise UsageError(f"timm:{arch} is not supported: block {i} runs attention and MLP as parallel "
+                                 f"branches ({type(blk).__name__}), which vitslim does not describe yet")
             if type(attn) not in _attention_types():
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no attention vitslim knows (timm's Attention, "
@@ -158,9 +164,9 @@ class TimmFamily(Family):
     def identify(self, model: nn.Module):
         from timm.models.beit import Beit
         from timm.models.eva import Eva
+        from timm.models.naflexvit import NaFlexVit
         from timm.models.vision_transformer import VisionTransformer
         from timm.models.vision_transformer_relpos import VisionTransformerRelPos
-        from timm.models.naflexvit import NaFlexVit
         from timm.models.vision_transformer_sam import VisionTransformerSAM
 
         if not isinstance(model, (VisionTransformer, Eva, Beit, VisionTransformerRelPos, VisionTransformerSAM,
@@ -170,8 +176,11 @@ class TimmFamily(Family):
 
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
         root, grid = _patch_embedding(model)
-        if root == "patch_embed":
-            return (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+        if root == "patch_embed":  # a hybrid's proj reads its CNN backbone's features, not the image
+            backbone = getattr(model.patch_embed, "backbone", None)
+            chans = model.patch_embed.proj.in_channels if backbone is None else next(
+                m.in_channels for m in backbone.modules() if isinstance(m, nn.Conv2d))
+            return (chans, *model.patch_embed.img_size)
         return (model.in_chans, *(g * p for g, p in zip(grid, model.embeds.patch_size)))
 
     def input_size_config(self, size: int) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A user types the family and size; timm registers one architecture per patch size, resolution and
 recipe. The canonical one is the plain ``<name>_patch<P>_224`` (patch 16 where there is one) among those
 timm has pretrained weights for; ``<recipe>_<size>`` (``dinov2_base``, ``clip_large``, ``siglip_base``)
-picks the ViT trained by that recipe. Anything else is refused with the closest registered names.
+picks the ViT trained by that recipe, and a name timm spells with a ``vit_`` prefix gets it
+(``pe_core_base`` -> ``vit_pe_core_base_patch16_224``). Anything else is refused with the closest registered names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 
 from vitslim.errors import UsageError
 
-RECIPES = ("dinov2", "clip", "siglip", "mae", "dino")  # words timm puts after the patch size
+RECIPES = ("dinov2", "dinov3", "clip", "siglip", "mae", "dino")  # words timm puts after the patch size
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,6 +58,9 @@ def resolve(arch: str) -> str:
     if chosen is None:
         plain = [m for m in timm.list_models(f"{arch}_*") if re.fullmatch(rf"{re.escape(arch)}_patch\d+_224", m)]
         chosen = _pick(plain, "patch16")
+    if chosen is None:  # a name timm spells with a vit_ prefix: pe_core_base -> vit_pe_core_base_patch16_224
+        chosen = _pick([m for m in timm.list_models(f"vit_{arch}_*")
+                        if re.fullmatch(rf"vit_{re.escape(arch)}_patch\d+_\d+", m)], "patch16")
     if chosen is None:
         close = difflib.get_close_matches(arch, _known_names(), n=4, cutoff=0.5)
         hint = f": closest are {', '.join(close)}" if close else " (list them with `timm.list_models('vit_*')`)"
