@@ -1,4 +1,5 @@
-"""The timm family: any timm Vision Transformer built from ``vision_transformer`` blocks."""
+"""The timm family: timm's plain Vision Transformers (ViT, DeiT, EVA, BEiT, relpos, samvit, hybrids,
+NaFlexVit), whatever their attention kind; see the README's coverage table for what is refused and why."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def _hub_offline() -> None:
 
 
 class TimmFamily(Family):
-    """timm ViTs (``VisionTransformer`` and friends with ``Attention`` + ``Mlp`` blocks)."""
+    """timm ViTs: ``VisionTransformer``, ``Eva``, ``Beit``, ``VisionTransformerRelPos``,
+    ``VisionTransformerSAM`` and ``NaFlexVit`` with blocks whose attention and MLP kinds it knows."""
 
     name = "timm"
 
@@ -243,6 +245,7 @@ class TimmFamily(Family):
         }
 
     def describe(self, model: nn.Module) -> Structure:
+        self._check(model, (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__))
         params = dict(model.named_parameters())
         emb: list[tuple[str, int]] = []
 
