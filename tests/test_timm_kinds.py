@@ -136,7 +136,6 @@ def test_compress_runs_on_a_rotary_vit(photos, tmp_path):
 
 @pytest.mark.parametrize("arch,config,message", [
     ("vit_small_patch16_rope_mixed_224", {}, "learns per-head"),
-    ("vit_pe_core_tiny_patch16_384", {"num_kv_heads": 1, "qkv_fused": False}, "grouped-query attention"),
     ("vit_small_patch16_18x2_224", {}, "parallel branches"),
     ("vit_base_patch16_xp_224", {}, "parallel branches"),
 ])
@@ -161,3 +160,29 @@ def test_gated_attention_pruning_equals_zeroing(attention, photos):
     assert pruned.blocks[0].attn.gate.out_features < 48
     assert (_out(pruned, x) - _out(_zeroed_reference(model, p), x)).abs().max().item() <= 1e-5
     assert (_out(model, x) - _out(pruned, x)).abs().max().item() > 1e-4
+
+
+def test_grouped_query_attention_loses_whole_groups(photos, tmp_path):
+    """Sapiens2's grouped-query blocks (4 query heads sharing 2 key/value heads): a removed channel is a
+    key/value head with the query heads that read it; removing it equals zeroing it, and files reload."""
+    torch.manual_seed(0)
+    model = vitslim.create("timm:vit_large_patch16_sapiens2", img_size=64, **{**SMALL, "num_heads": 4},
+                           num_kv_heads=(2, 2))
+    assert model.blocks[0].attn.num_kv_groups == 2
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".proj.weight", "fc2.weight", "gamma_1", "gamma_2")):
+                p.normal_(0, 0.2)
+    x = resize_batch(photos[:3], 64)
+    kw = {"ratio": 0.5, "part": "bottleneck", "importance": "random", "seed": 1}
+    p = vitslim.plan(model, **kw)
+    assert {g.size for g in p.groups if g.kind == "heads"} == {2}
+    pruned = vitslim.prune(model, **kw)
+    attn = pruned.blocks[0].attn
+    assert (attn.num_heads, attn.num_kv_heads, attn.q_proj.out_features, attn.k_proj.out_features) == (2, 1, 24, 12)
+    assert (_out(pruned, x) - _out(_zeroed_reference(model, p), x)).abs().max().item() <= 1e-5
+    assert (_out(model, x) - _out(pruned, x)).abs().max().item() > 1e-4
+    both = vitslim.prune(model, 0.5, part="both", importance="magnitude")
+    loaded = vitslim.load(vitslim.save(both, tmp_path / "g.pt"))
+    assert vitslim.describe(loaded).widths() == vitslim.describe(both).widths()
+    assert torch.equal(_out(loaded, x), _out(both, x))

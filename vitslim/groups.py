@@ -20,8 +20,9 @@ PARTS = ("embedding", "bottleneck", "both")
 ATTENTION_MODES = ("head_dim", "heads")
 
 # How a bottleneck member's axis is laid out: qkv rows (q|k|v, head, dim), attention width (head, dim)
-# read by proj, one entry per head-dim channel shared by all heads, one entry per head, MLP hidden channels.
-QKV, ATTN, HEAD_DIM, HEAD, MLP, GLU = "qkv", "attn", "head_dim", "head", "mlp", "glu"  # glu: MLP hidden, twice
+# read by proj, key/value width (kv head, dim), one entry per head-dim channel shared by all heads, one
+# entry per head, MLP hidden channels.
+QKV, ATTN, KV, HEAD_DIM, HEAD, MLP, GLU = "qkv", "attn", "kv", "head_dim", "head", "mlp", "glu"  # glu: MLP, twice
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class Member:
     axis: int
     layout: str
 
-    def size(self, num_heads: int, head_dim: int, mlp_hidden: int) -> int:
+    def size(self, num_heads: int, head_dim: int, mlp_hidden: int, num_kv_heads: int | None = None) -> int:
         """The axis length for the given widths."""
-        return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, HEAD_DIM: head_dim, HEAD: num_heads,
-                MLP: mlp_hidden, GLU: 2 * mlp_hidden}[self.layout]
+        return {QKV: 3 * num_heads * head_dim, ATTN: num_heads * head_dim, KV: (num_kv_heads or num_heads) * head_dim,
+                HEAD_DIM: head_dim, HEAD: num_heads, MLP: mlp_hidden, GLU: 2 * mlp_hidden}[self.layout]
 
 
 def block_members(block: BlockSpec) -> list[Member]:
@@ -44,7 +45,8 @@ def block_members(block: BlockSpec) -> list[Member]:
     if isinstance(a.qkv, str):
         inputs = [Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.qkv}.bias", 0, QKV)]
     else:  # separate q, k and v layers
-        inputs = [Member(f"{name}.{leaf}", 0, ATTN) for name in a.qkv for leaf in ("weight", "bias")]
+        inputs = [Member(f"{name}.{leaf}", 0, ATTN if i == 0 else KV) for i, name in enumerate(a.qkv)
+                  for leaf in ("weight", "bias")]
     fc1 = GLU if m.fused_gate else MLP
     return [
         *inputs, Member(f"{a.proj}.weight", 1, ATTN),
@@ -95,20 +97,25 @@ def qkv_rows(num_heads: int, head_dim: int, heads: torch.Tensor, dims: torch.Ten
     return (s + heads[None, :, None] * head_dim + dims[None, None, :]).flatten()
 
 
-def _attention_index(layout: str, heads: int, hd: int, mode: str) -> torch.Tensor | None:
-    """Per-channel entries of an attention member (None: the member does not move with this mode)."""
-    all_h, all_d = torch.arange(heads), torch.arange(hd)
+def _attention_index(layout: str, heads: int, hd: int, mode: str, kv_heads: int) -> torch.Tensor | None:
+    """Per-channel entries of an attention member (None: the member does not move with this mode). In
+    ``heads`` mode a channel is a key/value group: kv head g and the query heads that share it."""
+    all_h, all_kv, all_d = torch.arange(heads), torch.arange(kv_heads), torch.arange(hd)
     if mode == "head_dim":
         if layout == QKV:
             return torch.stack([qkv_rows(heads, hd, all_h, torch.tensor([d])) for d in range(hd)])
-        if layout == ATTN:
-            return torch.stack([all_h * hd + d for d in range(hd)])
+        if layout in (ATTN, KV):
+            return torch.stack([(all_h if layout == ATTN else all_kv) * hd + d for d in range(hd)])
         return _identity(hd) if layout == HEAD_DIM else None  # every head stays
+    per = heads // kv_heads  # query heads per group
+    q_heads = [torch.arange(g * per, (g + 1) * per) for g in range(kv_heads)]
     if layout == QKV:
-        return torch.stack([qkv_rows(heads, hd, torch.tensor([h]), all_d) for h in range(heads)])
+        return torch.stack([qkv_rows(heads, hd, h, all_d) for h in q_heads])
     if layout == ATTN:
-        return torch.stack([h * hd + all_d for h in range(heads)])
-    return _identity(heads) if layout == HEAD else None  # the remaining heads keep their head dim
+        return torch.stack([(h[:, None] * hd + all_d).flatten() for h in q_heads])
+    if layout == KV:
+        return torch.stack([g * hd + all_d for g in range(kv_heads)])
+    return torch.stack(q_heads) if layout == HEAD else None  # the remaining heads keep their head dim
 
 
 def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> ChannelGroup:
@@ -123,10 +130,10 @@ def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> Cha
     members = []
     for m in block_members(block):
         if m.layout not in (MLP, GLU):
-            index = _attention_index(m.layout, a.num_heads, a.head_dim, mode)
+            index = _attention_index(m.layout, a.num_heads, a.head_dim, mode, a.kv_heads)
             if index is not None:
                 members.append((m.param, m.axis, index))
-    size = a.head_dim if mode == "head_dim" else a.num_heads
+    size = a.head_dim if mode == "head_dim" else a.kv_heads
     return ChannelGroup(f"{a.module}.{mode}", mode, size, i, members)
 
 

@@ -60,7 +60,8 @@ def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family:
     for block, w in zip(structure.blocks, widths["blocks"]):
         for m in block_members(block):
             if m.param in params:  # e.g. a qkv without bias
-                _resize(encoder, m.param, m.axis, m.size(w["num_heads"], w["head_dim"], w["mlp_hidden"]))
+                _resize(encoder, m.param, m.axis,
+                        m.size(w["num_heads"], w["head_dim"], w["mlp_hidden"], w.get("num_kv_heads")))
         family.set_attention_shape(encoder.get_submodule(block.attn.module), w["num_heads"], w["head_dim"])
     sync_attributes(encoder)
     family.set_embed_dim(encoder, widths["embed_dim"])

@@ -14,8 +14,10 @@ class AttentionSpec:
     """One multi-head attention layer.
 
     ``qkv`` names one layer producing ``3 * num_heads * head_dim`` features laid out as (q|k|v, head,
-    dim), or three layers ``(q, k, v)`` producing ``num_heads * head_dim`` each; ``proj`` consumes
-    ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim channel that
+    dim), or three layers ``(q, k, v)`` producing ``num_heads * head_dim`` each (k and v
+    ``num_kv_heads * head_dim`` with grouped-query attention, where query heads ``g * G .. (g + 1) * G - 1``
+    share key/value head ``g``, ``G = num_heads / num_kv_heads``; whole heads then go by such groups);
+    ``proj`` consumes ``num_heads * head_dim``. ``head_dim_params`` are parameters with one axis per head-dim channel that
     all heads share (SAM's ``rel_pos_h``/``rel_pos_w``), ``width_params`` parameters with one axis over
     the attention width (head, dim) (EVA's separate q and v biases, an output gate's rows), and
     ``head_params`` parameters with one axis per head (a per-head relative position bias table), all as
@@ -39,6 +41,11 @@ class AttentionSpec:
     width_params: list[tuple[str, int]] = field(default_factory=list)
     head_params: list[tuple[str, int]] = field(default_factory=list)
     modes: tuple[str, ...] = ("head_dim", "heads")
+    num_kv_heads: int | None = None  # None: one key/value head per query head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
 
 @dataclass
@@ -85,7 +92,8 @@ class Structure:
         return {
             "embed_dim": self.embed_dim,
             "blocks": [
-                {"num_heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "mlp_hidden": b.mlp.hidden}
+                {"num_heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "mlp_hidden": b.mlp.hidden,
+                 **({"num_kv_heads": b.attn.num_kv_heads} if b.attn.num_kv_heads else {})}
                 for b in self.blocks
             ],
         }

@@ -49,7 +49,8 @@ def remove_channels(
             continue
         spec = structure.blocks[group.block].attn
         kept = len(keep[group.name])
-        heads, head_dim = (spec.num_heads, kept) if group.kind == "head_dim" else (kept, spec.head_dim)
+        per_group = spec.num_heads // spec.kv_heads  # query heads per key/value head (grouped-query attention)
+        heads, head_dim = (spec.num_heads, kept) if group.kind == "head_dim" else (kept * per_group, spec.head_dim)
         attn = encoder.get_submodule(spec.module)
         family.set_attention_shape(attn, heads, head_dim)
         if head_dim != spec.head_dim:

@@ -150,9 +150,6 @@ class TimmFamily(Family):
                     f"timm:{arch} is not supported: block {i} has no attention vitslim knows (timm's Attention, "
                     f"AttentionRope, EVA's, BEiT's, RelPosAttention or samvit's), found {_qualname(attn)}"
                 )
-            if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
-                raise UsageError(f"timm:{arch} is not supported: block {i} uses grouped-query attention "
-                                 f"({attn.num_heads} query heads, {attn.num_kv_heads} key/value heads)")
             if type(mlp) not in (Mlp, SwiGLU, GluMlp):
                 raise UsageError(
                     f"timm:{arch} is not supported: block {i} has no timm Mlp, SwiGLU or GluMlp "
@@ -301,6 +298,7 @@ class TimmFamily(Family):
                     module=f"{p}.attn", proj=f"{p}.attn.proj",
                     qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
                     num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
+                    num_kv_heads=kv if (kv := getattr(attn, "num_kv_heads", attn.num_heads)) != attn.num_heads else None,
                     seq_len=tokens if not getattr(blk, "window_size", 0) else blk.window_size ** 2,
                     num_seqs=1 if not getattr(blk, "window_size", 0) else math.prod(
                         -(-g // blk.window_size) for g in grid),
@@ -352,8 +350,9 @@ class TimmFamily(Family):
         attn.head_dim = head_dim
         attn.attn_dim = num_heads * head_dim
         attn.scale = head_dim ** -0.5
-        if hasattr(attn, "num_kv_heads"):  # AttentionRope (grouped-query attention is refused)
-            attn.num_kv_heads, attn.kv_dim = num_heads, num_heads * head_dim
+        if hasattr(attn, "num_kv_heads"):  # AttentionRope, maybe with grouped-query attention (k, v resized first)
+            kv = attn.k_proj.weight.shape[0] // head_dim if attn.qkv is None else num_heads
+            attn.num_kv_heads, attn.kv_dim, attn.num_kv_groups = kv, kv * head_dim, num_heads // kv
         if getattr(attn, "k_bias", None) is not None:  # EVA, BEiT: a zero buffer beside q_bias, v_bias
             attn.k_bias = torch.zeros_like(attn.q_bias)
         rel_pos = getattr(attn, "rel_pos", None)
