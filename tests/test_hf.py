@@ -55,13 +55,16 @@ def test_single_safetensors_file_and_other_sizes(tmp_path):
 
 
 def test_export_hf_loads_into_sammodel_with_equal_masks(tiny_sam, tmp_path, photos, capsys):
-    """Uniform ratio 0.5 of the tiny SAM (embedding 32 = 4 heads x 8, MLP 128): exported with --hf,
-    transformers loads it and gives the same embeddings and mask logits for a point prompt."""
+    """`compress --ranking uniform` at 0.5 of the tiny SAM (embedding 32 = 4 heads x 8, MLP 128): exported
+    with --hf, transformers loads it and gives the same embeddings and mask logits for a point prompt."""
     from transformers import SamModel
 
     from .test_cli import run
 
-    slim = vitslim.prune(tiny_sam, 0.5, importance="magnitude", ranking="uniform")
+    slim = vitslim.compress(tiny_sam, 0.5, data=resize_batch(photos[:4], 128), epochs=1, batch_size=2,
+                            importance="magnitude", ranking="uniform", workdir=tmp_path / "work", progress=False)
+    w = vitslim.describe(slim).widths()
+    assert w["embed_dim"] == 32 and {(b["num_heads"], b["head_dim"], b["mlp_hidden"]) for b in w["blocks"]} == {(4, 8, 128)}
     src = vitslim.save(slim, tmp_path / "slim.pt")
     code, _, err = run(["export", src, "--hf", tmp_path / "hf"], capsys)
     assert code == 0, err
