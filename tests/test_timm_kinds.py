@@ -186,3 +186,26 @@ def test_grouped_query_attention_loses_whole_groups(photos, tmp_path):
     loaded = vitslim.load(vitslim.save(both, tmp_path / "g.pt"))
     assert vitslim.describe(loaded).widths() == vitslim.describe(both).widths()
     assert torch.equal(_out(loaded, x), _out(both, x))
+
+
+def test_eva_attention_stand_in_keeps_masks():
+    """Causal and boolean masks, and the unfused path, give timm's EvaAttention results."""
+    from timm.models.eva import EvaAttention
+    from vitslim_timm.layers import adopt
+
+    torch.manual_seed(0)
+    ref = EvaAttention(32, num_heads=4, norm_layer=torch.nn.LayerNorm).eval()
+    with torch.no_grad():
+        ref.q_bias.normal_(0, 0.2)
+        ref.v_bias.normal_(0, 0.2)
+    ours = copy.deepcopy(ref)
+    adopt(ours)
+    assert type(ours) is not EvaAttention
+    x = torch.randn(2, 6, 32)
+    keep = torch.rand(6, 6) > 0.3
+    keep.fill_diagonal_(True)
+    for fused in (True, False):
+        ref.fused_attn = ours.fused_attn = fused
+        for kw in ({}, {"is_causal": True}, {"attn_mask": keep}, {"attn_mask": torch.randn(6, 6)}):
+            with torch.no_grad():
+                assert (ref(x, **kw) - ours(x, **kw)).abs().max().item() <= 1e-5, (fused, kw)

@@ -144,7 +144,8 @@ def prune(
     callable ``fn(group, ctx) -> scores``. ``data`` is calibration images already preprocessed for the
     encoder: a (N,C,H,W) tensor or an iterable of batches. ``ranking="global"`` lets each block keep its
     own width, ``"uniform"`` gives all the same; ``attention="heads"`` removes whole heads instead of
-    head-dim channels; ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches``
+    head-dim channels (a block that allows only one of the two, such as rotary attention, uses its own;
+    with grouped-query attention a "head" is a key/value head with the query heads that share it); ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches``
     (how many calibration batches) and ``seed`` go to the criterion; ``progress(done, total)`` hears
     about each calibration batch. Returns the pruned model (a copy
     unless ``inplace``), with what was done recorded in its provenance.
@@ -163,6 +164,7 @@ def prune(
         add_history(model, {
             "step": "prune", "part": part, "ratio": ratio, "criterion": p.criterion.describe(),
             "ranking": ranking, "attention": attention, "round_to": round_to, "seed": seed,
+            "attention_removed": sorted({g.kind for g in p.groups if g.kind in ("head_dim", "heads")}),
             "widths_before": before, "widths_after": family.describe(model).widths(),
             "seconds": {"importance": round(p.importance_seconds, 3), "surgery": round(surgery_s, 3),
                         "total": round(time.perf_counter() - start, 3)},

@@ -15,7 +15,6 @@ from vitslim.info import set_info
 from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
 from vitslim.weights import load_into, read_state_dict
 
-from .layers import adopt
 from .names import resolve
 
 
@@ -23,10 +22,25 @@ def _patch_embedding(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
     """Where the residual stream starts (``patch_embed``: a Conv2d ``proj``; ``embeds``: NaFlexVit's
     patch embedding, a Linear on flattened patches or a Conv2d) and its native token grid; None if neither."""
     if isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
-        return "patch_embed", tuple(model.patch_embed.grid_size)
+        grid = model.patch_embed.grid_size
+        return ("patch_embed", tuple(grid)) if grid is not None else None
     if isinstance(getattr(getattr(model, "embeds", None), "proj", None), (nn.Linear, nn.Conv2d)):
-        return "embeds", tuple(model.embeds.pos_embed_grid_size)
+        grid = getattr(model.embeds, "pos_embed_grid_size", None)
+        return ("embeds", tuple(grid)) if grid is not None else None
     return None
+
+
+def adopt(module: nn.Module | None) -> None:
+    """:func:`.layers.adopt`, imported when first needed (it imports timm; plugin discovery should not)."""
+    from .layers import adopt as adopt_layer
+
+    adopt_layer(module)
+
+
+def _affine_free(attn: nn.Module) -> bool:
+    """Whether k is normalised without a weight to fold the head-dim scale into (then whole heads only)."""
+    k_norm = getattr(attn, "k_norm", None)
+    return k_norm is not None and not isinstance(k_norm, nn.Identity) and getattr(k_norm, "weight", None) is None
 
 
 def _attention_types() -> tuple[type, ...]:
@@ -135,9 +149,9 @@ class TimmFamily(Family):
             raise UsageError(f"timm:{arch} is not a supported Vision Transformer: it has no `blocks`")
         if _patch_embedding(model) is None:
             raise UsageError(f"timm:{arch} is not supported: it has no patch embedding vitslim knows "
-                             f"(a Conv2d patch_embed.proj, or NaFlexVit's embeds.proj)")
+                             f"(a Conv2d patch_embed.proj, or NaFlexVit's embeds.proj, with a fixed input size)")
         ropes = [getattr(model, "rope", None)] + [getattr(getattr(b, "attn", None), "rope", None) for b in blocks]
-        if any(True for r in ropes if r is not None for _ in r.parameters()):
+        if any(sum(p.numel() for p in rope.parameters()) > 0 for rope in ropes if rope is not None):
             raise UsageError(f"timm:{arch} is not supported: its rotary position embedding learns per-head "
                              f"frequencies (rope_type='mixed'), which head pruning would have to slice per block")
         for i, blk in enumerate(blocks):
@@ -211,9 +225,11 @@ class TimmFamily(Family):
 
         from vitslim.info import get_info
 
-        if not isinstance(model, VisionTransformer):
-            raise UsageError(f"only timm VisionTransformer models can be written in timm's Hugging Face layout, "
-                             f"not {type(model).__name__}: keep the vitslim file (vitslim.load reads it)")
+        if not isinstance(model, VisionTransformer) or model.attn_pool is not None:
+            what = type(model).__name__ if not isinstance(model, VisionTransformer) else "a model with an attention-pooling head"
+            raise UsageError(f"only timm VisionTransformer models without an attention-pooling head (whose width "
+                             f"timm would rebuild from the pruned embedding) can be written in timm's Hugging Face "
+                             f"layout, not {what}: keep the vitslim file (vitslim.load reads it)")
 
         widths = self.describe(model).widths()
         embed, blocks = widths["embed_dim"], widths["blocks"]
@@ -242,6 +258,8 @@ class TimmFamily(Family):
         }
 
     def describe(self, model: nn.Module) -> Structure:
+        """The structure of ``model``. Layers that assume equal widths are switched in place to their
+        any-width stand-ins (:mod:`.layers`: same parameters, same outputs)."""
         self._check(model, (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__))
         params = dict(model.named_parameters())
         emb: list[tuple[str, int]] = []
@@ -292,19 +310,20 @@ class TimmFamily(Family):
                 ("rel_pos.relative_position_bias_table", 1),  # RelPosBias
                 ("rel_pos.mlp.fc2.weight", 0), ("rel_pos.mlp.fc2.bias", 0),  # RelPosMlp: one output per head
             ) if f"{p}.attn.{n}" in params]
+            kv_heads = getattr(attn, "num_kv_heads", attn.num_heads)  # AttentionRope: grouped-query attention
             blocks.append(BlockSpec(
                 name=p,
                 attn=AttentionSpec(
                     module=f"{p}.attn", proj=f"{p}.attn.proj",
                     qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
                     num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
-                    num_kv_heads=kv if (kv := getattr(attn, "num_kv_heads", attn.num_heads)) != attn.num_heads else None,
+                    num_kv_heads=kv_heads if kv_heads != attn.num_heads else None,
                     seq_len=tokens if not getattr(blk, "window_size", 0) else blk.window_size ** 2,
                     num_seqs=1 if not getattr(blk, "window_size", 0) else math.prod(
                         -(-g // blk.window_size) for g in grid),
                     head_dim_params=[x for x in hd_params if x[0] in params],
                     width_params=[x for x in width if x[0] in params], head_params=heads,
-                    modes=("heads",) if getattr(attn, "rope", None) is not None else modes,  # samvit's own RoPE
+                    modes=("heads",) if getattr(attn, "rope", None) is not None or _affine_free(attn) else modes,
                 ),
                 mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
                             gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
@@ -319,8 +338,10 @@ class TimmFamily(Family):
             add("neck.0.weight", 1)
         elif neck is not None:  # samvit without a neck: LayerNorm2d (or nothing), then the head
             for name, axis in (("neck.weight", 0), ("neck.bias", 0), ("head.norm.weight", 0), ("head.norm.bias", 0),
-                               ("head.pre_logits.fc.weight", 1), ("head.fc.weight", 1)):
+                               ("head.pre_logits.fc.weight", 1)):
                 add(name, axis)
+            if "head.pre_logits.fc.weight" not in params:  # else the classifier reads the hidden layer
+                add("head.fc.weight", 1)
         elif pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
             adopt(pool)       # writes a stream of its own width, which fc_norm and the head read
             add("attn_pool.kv.weight", 1)
@@ -363,7 +384,8 @@ class TimmFamily(Family):
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """timm's fused paths scale by the *current* head dim; fold the ratio into k (q may also feed a
         relative position bias, as in samvit) so that the pruned attention equals the original one with
-        the removed channels zeroed."""
+        the removed channels zeroed (where nothing normalises over head dims: a q/k norm or a scale norm
+        re-normalises over the kept channels)."""
         factor = (attn.head_dim / old_head_dim) ** 0.5
         rows = attn.num_heads * attn.head_dim
         k_norm = getattr(attn, "k_norm", nn.Identity())  # BEiT's attention has none

@@ -1,8 +1,8 @@
 """timm layers that assume their attention width equals the embedding width, made to work at any width.
 
 ``EvaAttention``, BEiT's ``Attention``, ``RelPosAttention`` and ``AttentionPoolLatent`` reshape their
-attention output to the *input* width, and EVA and BEiT add their q/v biases through a functional
-``F.linear``. Both are fine while the widths
+attention output to the *input* width, and EVA and BEiT (unless ``qkv_bias_separate``) add their q/v
+biases through a functional ``F.linear``. Both are fine while the widths
 are equal and nothing traces the model; after pruning they differ, and torch-pruning's dependency graph
 cannot see a layer that is not called. The subclasses here compute the same functions (tested to 1e-5)
 with their own width and real layer calls; the family switches a model's modules to them in place
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import AttentionPoolLatent, apply_rot_embed_cat
+from timm.layers.attention import resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from timm.models.vision_transformer_relpos import RelPosAttention
@@ -25,16 +26,17 @@ def _qkv_with_biases(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     qkv = attn.qkv(x)
     if attn.q_bias is None:
         return qkv
-    return qkv + torch.cat((attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias))
+    return qkv + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
 
 
 def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            bias: torch.Tensor | None) -> torch.Tensor:
-    """Softmax attention with an additive bias (None: none), fused or not as the layer says."""
+            mask: torch.Tensor | None, is_causal: bool = False) -> torch.Tensor:
+    """Softmax attention with a mask (additive or boolean; None: none), fused or not as the layer says."""
     if attn.fused_attn:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                               dropout_p=attn.attn_drop.p if attn.training else 0.0)
     scores = (q * attn.scale) @ k.transpose(-2, -1)
+    bias = resolve_self_attn_mask(q.shape[-2], scores, mask, is_causal)
     return attn.attn_drop((scores if bias is None else scores + bias).softmax(dim=-1)) @ v
 
 
@@ -62,9 +64,7 @@ class EvaAttentionAnyWidth(EvaAttention):
             npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
             q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
             k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
-        if is_causal or (attn_mask is not None and attn_mask.dtype == torch.bool):
-            raise NotImplementedError("causal or boolean attention masks")  # timm's image models use neither
-        x = self.norm(_merge_heads(_attend(self, q, k, v, attn_mask)))
+        x = self.norm(_merge_heads(_attend(self, q, k, v, attn_mask, is_causal)))
         if gate is not None:
             x = x * gate
         return self.proj_drop(self.proj(x))
@@ -126,11 +126,6 @@ class _Copy(nn.Module):
         return x.clone()
 
 
-def _adopt_naflex_embeds(embeds: nn.Module) -> None:
-    if isinstance(embeds.norm, nn.Identity):
-        embeds.norm = _Copy()
-
-
 _ANY_WIDTH = {EvaAttention: EvaAttentionAnyWidth, BeitAttention: BeitAttentionAnyWidth,
               RelPosAttention: RelPosAttentionAnyWidth, AttentionPoolLatent: AttentionPoolAnyWidth}
 
@@ -140,5 +135,5 @@ def adopt(module: nn.Module | None) -> None:
     embedding a traceable norm (same parameters, same function)."""
     if type(module) in _ANY_WIDTH:
         module.__class__ = _ANY_WIDTH[type(module)]
-    elif type(module).__name__ == "NaFlexEmbeds":
-        _adopt_naflex_embeds(module)
+    elif type(module).__name__ == "NaFlexEmbeds" and isinstance(module.norm, nn.Identity):
+        module.norm = _Copy()
