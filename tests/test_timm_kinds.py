@@ -62,6 +62,8 @@ def test_bottleneck_pruning_equals_zeroing(arch, size, only, attention, photos):
     kinds = {g.kind for g in p.groups if g.kind != "mlp"}
     assert kinds == {only or attention}  # rotary blocks only lose whole heads, a shared bias keeps them all
     pruned = vitslim.prune(model, **kw)
+    if getattr(model, "attn_pool", None) is not None:  # the pooling head's MLP is pruned like a block's
+        assert pruned.attn_pool.mlp.fc1.out_features < model.attn_pool.mlp.fc1.out_features
     widths = vitslim.describe(pruned).widths()["blocks"]
     assert all(b["num_heads"] < 3 or b["head_dim"] < 16 for b in widths)
     expected = _out(_zeroed_reference(model, p), x)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .structure import BlockSpec, Structure
+from .structure import BlockSpec, MlpSpec, Structure
 
 PARTS = ("embedding", "bottleneck", "both")
 ATTENTION_MODES = ("head_dim", "heads")
@@ -39,23 +39,30 @@ class Member:
                 HEAD_DIM: head_dim, HEAD: num_heads, MLP: mlp_hidden, GLU: 2 * mlp_hidden}[self.layout]
 
 
+def mlp_members(m: MlpSpec) -> list[Member]:
+    """Every parameter axis an MLP's hidden width decides."""
+    fc1 = GLU if m.fused_gate else MLP
+    return [
+        Member(f"{m.fc1}.weight", 0, fc1), Member(f"{m.fc1}.bias", 0, fc1), Member(f"{m.fc2}.weight", 1, MLP),
+        *((Member(f"{m.gate}.weight", 0, MLP), Member(f"{m.gate}.bias", 0, MLP)) if m.gate else ()),
+        *(Member(name, axis, MLP) for name, axis in m.hidden_params),
+    ]
+
+
 def block_members(block: BlockSpec) -> list[Member]:
     """Every parameter axis of ``block`` that its attention or MLP widths decide."""
-    a, m = block.attn, block.mlp
+    a = block.attn
     if isinstance(a.qkv, str):
         inputs = [Member(f"{a.qkv}.weight", 0, QKV), Member(f"{a.qkv}.bias", 0, QKV)]
     else:  # separate q, k and v layers
         inputs = [Member(f"{name}.{leaf}", 0, ATTN if i == 0 else KV) for i, name in enumerate(a.qkv)
                   for leaf in ("weight", "bias")]
-    fc1 = GLU if m.fused_gate else MLP
     return [
         *inputs, Member(f"{a.proj}.weight", 1, ATTN),
         *(Member(name, axis, HEAD_DIM) for name, axis in a.head_dim_params),
         *(Member(name, axis, ATTN) for name, axis in a.width_params),
         *(Member(name, axis, HEAD) for name, axis in a.head_params),
-        Member(f"{m.fc1}.weight", 0, fc1), Member(f"{m.fc1}.bias", 0, fc1), Member(f"{m.fc2}.weight", 1, MLP),
-        *((Member(f"{m.gate}.weight", 0, MLP), Member(f"{m.gate}.bias", 0, MLP)) if m.gate else ()),
-        *(Member(name, axis, MLP) for name, axis in m.hidden_params),
+        *mlp_members(block.mlp),
     ]
 
 
@@ -140,12 +147,14 @@ def attention_group(structure: Structure, i: int, mode: str = "head_dim") -> Cha
 def mlp_group(structure: Structure, i: int) -> ChannelGroup:
     """Block ``i``'s MLP hidden channels."""
     block = structure.blocks[i]
-    hidden = block.mlp.hidden
-    idx = _identity(hidden)
-    both_halves = torch.stack([torch.arange(hidden), torch.arange(hidden) + hidden], 1)
-    members = [(m.param, m.axis, idx if m.layout == MLP else both_halves)
-               for m in block_members(block) if m.layout in (MLP, GLU)]
-    return ChannelGroup(f"{block.name}.mlp", "mlp", block.mlp.hidden, i, members)
+    return _mlp_group(f"{block.name}.mlp", block.mlp, i)
+
+
+def _mlp_group(name: str, mlp: MlpSpec, block: int | None) -> ChannelGroup:
+    idx = _identity(mlp.hidden)
+    both_halves = torch.stack([torch.arange(mlp.hidden), torch.arange(mlp.hidden) + mlp.hidden], 1)
+    members = [(m.param, m.axis, idx if m.layout == MLP else both_halves) for m in mlp_members(mlp)]
+    return ChannelGroup(name, "mlp", mlp.hidden, block, members)
 
 
 def build_groups(structure: Structure, part: str, attention: str = "head_dim",
@@ -159,6 +168,7 @@ def build_groups(structure: Structure, part: str, attention: str = "head_dim",
     if part in ("bottleneck", "both"):
         for i in range(len(structure.blocks)):
             groups += [attention_group(structure, i, attention), mlp_group(structure, i)]
+        groups += [_mlp_group(f"{m.fc1.rpartition('.')[0]}", m, None) for m in structure.head_mlps]
     if params is not None:
         for g in groups:
             g.members = [m for m in g.members if m[0] in params]

@@ -50,7 +50,7 @@ def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family:
     """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`): the
     embedding parameters and each block's :func:`~vitslim.groups.block_members`, the same declarations
     pruning removes channels from."""
-    from .groups import block_members
+    from .groups import block_members, mlp_members
 
     if len(widths["blocks"]) != len(structure.blocks):
         raise ValueError(f"widths for {len(widths['blocks'])} blocks, the model has {len(structure.blocks)}")
@@ -63,5 +63,9 @@ def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family:
                 _resize(encoder, m.param, m.axis,
                         m.size(w["num_heads"], w["head_dim"], w["mlp_hidden"], w.get("num_kv_heads")))
         family.set_attention_shape(encoder.get_submodule(block.attn.module), w["num_heads"], w["head_dim"])
+    for mlp, hidden in zip(structure.head_mlps, widths.get("head_mlps", [m.hidden for m in structure.head_mlps])):
+        for m in mlp_members(mlp):
+            if m.param in params:
+                _resize(encoder, m.param, m.axis, m.size(0, 0, hidden))
     sync_attributes(encoder)
     family.set_embed_dim(encoder, widths["embed_dim"])

@@ -79,13 +79,16 @@ class Structure:
     ``embed_dim`` is the residual width. ``embedding_params`` lists every parameter with an axis tied to
     it, as ``(name, axis)``: the patch embedding, position embedding, tokens, norms, every block's
     attention/MLP input and output sides, and what reads the final residual stream (SAM's neck, a head).
-    ``embedding_root`` is the module whose output channels start the residual stream.
+    ``embedding_root`` is the module whose output channels start the residual stream. ``head_mlps`` are
+    MLPs outside the blocks (an attention-pooling head's), whose hidden channels are pruned with the
+    blocks' MLPs.
     """
 
     embed_dim: int
     blocks: list[BlockSpec]
     embedding_root: str
     embedding_params: list[tuple[str, int]] = field(default_factory=list)
+    head_mlps: list[MlpSpec] = field(default_factory=list)
 
     def widths(self) -> dict:
         """The per-block widths, as stored in model files."""
@@ -96,4 +99,5 @@ class Structure:
                  **({"num_kv_heads": b.attn.num_kv_heads} if b.attn.num_kv_heads else {})}
                 for b in self.blocks
             ],
+            **({"head_mlps": [m.hidden for m in self.head_mlps]} if self.head_mlps else {}),
         }

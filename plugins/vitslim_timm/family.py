@@ -333,6 +333,9 @@ class TimmFamily(Family):
         add("norm.weight", 0)
         add("norm.bias", 0)
         pool = getattr(model, "attn_pool", None)
+        head_mlps = []  # the pool's own MLP (timm's Mlp), pruned like a block's
+        if pool is not None and type(pool.mlp).__name__ == "Mlp" and isinstance(pool.mlp.norm, nn.Identity):
+            head_mlps.append(MlpSpec(fc1="attn_pool.mlp.fc1", fc2="attn_pool.mlp.fc2", hidden=pool.mlp.fc2.in_features))
         neck = getattr(model, "neck", None)
         if isinstance(neck, nn.Sequential):  # samvit: a 1x1 conv reads the residual stream, the head its output
             add("neck.0.weight", 1)
@@ -354,7 +357,7 @@ class TimmFamily(Family):
                     add(f"{name}.weight", 1)
         return Structure(
             embed_dim=params[f"{root}.proj.weight"].shape[0],
-            blocks=blocks, embedding_root=f"{root}.proj", embedding_params=emb,
+            blocks=blocks, embedding_root=f"{root}.proj", embedding_params=emb, head_mlps=head_mlps,
         )
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
