@@ -66,6 +66,7 @@ def test_bottleneck_pruning_equals_zeroing(arch, size, only, attention, photos):
         assert pruned.attn_pool.mlp.fc1.out_features < model.attn_pool.mlp.fc1.out_features
     widths = vitslim.describe(pruned).widths()["blocks"]
     assert all(b["num_heads"] < 3 or b["head_dim"] < 16 for b in widths)
+    assert vitslim.inspect(pruned, macs=False)["history"][-1]["attention_removed"] == [only or attention]
     expected = _out(_zeroed_reference(model, p), x)
     got = _out(pruned, x)
     assert (got - expected).abs().max().item() <= 1e-5

@@ -96,8 +96,10 @@ def _history_line(step: dict) -> str:
     kind = step.get("step")
     if kind == "prune":
         crit = step.get("criterion", {}).get("name")
-        return (f"prune {step.get('part')} by {step.get('ratio')} ({crit}, {step.get('ranking')} ranking, "
-                f"{step.get('attention')}) in {step.get('seconds', {}).get('total')} s")
+        removed = step.get("attention_removed", [step.get("attention")])  # what the blocks allowed
+        modes = f", {' and '.join(removed)}" if removed else ""
+        return (f"prune {step.get('part')} by {step.get('ratio')} ({crit}, {step.get('ranking')} ranking{modes}) "
+                f"in {step.get('seconds', {}).get('total')} s")
     if kind == "distill":
         stages = sorted({r["stage"] for r in step.get("log", [])}, key=[r["stage"] for r in step.get("log", [])].index)
         images = step.get("images", {})
