@@ -2,11 +2,11 @@
 
 ``EvaAttention``, BEiT's ``Attention``, ``RelPosAttention`` and ``AttentionPoolLatent`` reshape their
 attention output to the *input* width, and EVA and BEiT (unless ``qkv_bias_separate``) add their q/v
-biases through a functional ``F.linear``. Both are fine while the widths
-are equal and nothing traces the model; after pruning they differ, and torch-pruning's dependency graph
-cannot see a layer that is not called. The subclasses here compute the same functions (tested to 1e-5)
-with their own width and real layer calls; the family switches a model's modules to them in place
-(:func:`adopt`; parameters and state dict unchanged).
+biases through a functional ``F.linear``. Both are fine while the widths are equal and nothing traces
+the model; after pruning they differ, and torch-pruning's dependency graph cannot see a layer that is
+not called. The subclasses here compute the same functions (tested to 1e-5) with their own width and
+real layer calls; the family switches a model's modules to them in place (:func:`adopt`; parameters and
+state dict unchanged).
 """
 
 from __future__ import annotations
