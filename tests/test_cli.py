@@ -121,6 +121,21 @@ def test_compress_timm_writes_loadable_file(tiny_timm, tmp_path, capsys):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def test_compress_min_steps_sets_the_default_epochs(tiny_timm, tmp_path, capsys):
+    """--min-steps: each stage of alternate runs the fewest epochs that reach that many optimizer steps."""
+    import math
+
+    src = vitslim.save(tiny_timm, tmp_path / "t.pt")
+    for steps in (12, 24):
+        code, stdout, err = run(["compress", src, "--ratio", "0.5", "--out", tmp_path / f"s{steps}.pt",
+                                 "--min-steps", str(steps), "--batch-size", "2", "--criterion", "magnitude",
+                                 "--workdir", tmp_path / f"w{steps}", "--no-eval", "--json"], capsys)
+        assert code == 0, err
+        summary = json.loads(stdout)
+        per_epoch = math.ceil(summary["images"]["train"] / 2)
+        assert {s["epochs"] for s in summary["stages"].values()} == {math.ceil(steps / per_epoch)}
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     """Every bad file and folder of the battery, made once: placeholder -> path."""

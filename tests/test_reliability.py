@@ -199,6 +199,7 @@ def test_trailing_slash_means_a_folder(timm_file, tmp_path, capsys):
     (["--ratio", "0.5", "--augment", "sparkles"], "unknown augmentation"),
     (["--ratio", "0.5", "--lr-schedule", "sometimes"], "unknown lr schedule"),
     (["--ratio", "0.5", "--epochs", "0"], "epochs must be"),
+    (["--ratio", "0.5", "--min-steps", "0"], "min_steps must be"),
 ])
 def test_compress_options_are_checked_before_any_work(extra, needle, timm_file, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

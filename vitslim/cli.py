@@ -262,7 +262,9 @@ def compress(
     attention: Attention = "head_dim",
     schedule: Annotated[str, typer.Option("--schedule", help="alternate (SlimSAM) | one-shot | iterative:K")] = "alternate",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per stage of alternate (default: enough "
-                      "for 2000 optimizer steps per stage).")] = None,
+                      "for --min-steps optimizer steps per stage).")] = None,
+    min_steps: Annotated[Optional[int], typer.Option("--min-steps", help="Optimizer steps per stage the default "
+                         "epochs reach (default 2000; with few images, more helps: see README, Quality).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimizer step.")] = 4,
     accum: Annotated[int, typer.Option("--accum", help="Gradient accumulation steps.")] = 1,
     micro_batch: Annotated[int, typer.Option("--micro-batch", help="Images per forward/backward (0: 1 on CPU, "
@@ -295,7 +297,8 @@ def compress(
     check_options(ratio, "both", ranking, attention, round_to)  # every check before the slow work
     prune_opts = PruneOptions(importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
                               sigma=noise_sigma, importance_batches=importance_batches).validate()
-    train_opts = TrainOptions(schedule=schedule, epochs=epochs, batch_size=batch_size, accum=accum,
+    steps = {} if min_steps is None else {"min_steps": min_steps}
+    train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
                               device=device, precision=precision, fast=fast).validate(ratio)
     path = _output(out, f"{_stem(model)}-slim{round(ratio * 100)}.pt", [model, checkpoint], force)
