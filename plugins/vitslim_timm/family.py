@@ -103,6 +103,77 @@ def _hub_offline() -> None:
         pass
 
 
+def _block_spec(p: str, blk: nn.Module, params: dict, tokens: int, grid: tuple[int, ...],
+                modes: tuple[str, ...]) -> tuple[BlockSpec, list[tuple[str, int]]]:
+    """Block ``p``'s attention and MLP, and its parameters coupled to the residual width."""
+    attn, mlp = blk.attn, blk.mlp
+    adopt(attn)
+    coupled = [(f"{p}.{name}", 0) for name in (
+        "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "ls1.gamma", "ls2.gamma", "gamma_1", "gamma_2",
+        "attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")]
+    inputs = ["qkv"] if attn.qkv is not None else ["q_proj", "k_proj", "v_proj"]
+    coupled += [(f"{p}.attn.{name}.weight", 1) for name in inputs + ["gate"]]
+    gated = hasattr(mlp, "fc1_g")  # SwiGLU: fc2(act(fc1_g(x)) * fc1_x(x))
+    fc1 = f"{p}.mlp.fc1_x" if gated else f"{p}.mlp.fc1"
+    coupled += [(f"{fc1}.weight", 1)] + ([(f"{p}.mlp.fc1_g.weight", 1)] if gated else [])
+    width = [(f"{p}.attn.{n}", 0) for n in ("q_bias", "v_bias", "gate.weight", "gate.bias", "norm.weight", "norm.bias")]
+    head_dim = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")]
+    head_dim += [(f"{p}.attn.{n}", 1) for n in ("rel_pos_h", "rel_pos_w")]  # samvit: as SAM's
+    heads = [(f"{p}.attn.{n}", axis) for n, axis in (
+        ("relative_position_bias_table", 1),          # BEiT: (distances, heads)
+        ("rel_pos.relative_position_bias_table", 1),  # RelPosBias
+        ("rel_pos.mlp.fc2.weight", 0), ("rel_pos.mlp.fc2.bias", 0),  # RelPosMlp: one output per head
+    )]
+    kv_heads = getattr(attn, "num_kv_heads", attn.num_heads)  # AttentionRope: grouped-query attention
+    window = getattr(blk, "window_size", 0)  # samvit's windowed blocks
+
+    def present(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [x for x in pairs if x[0] in params]
+
+    spec = BlockSpec(
+        name=p,
+        attn=AttentionSpec(
+            module=f"{p}.attn", proj=f"{p}.attn.proj",
+            qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
+            num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
+            num_kv_heads=kv_heads if kv_heads != attn.num_heads else None,
+            seq_len=window ** 2 if window else tokens,
+            num_seqs=math.prod(-(-g // window) for g in grid) if window else 1,
+            head_dim_params=present(head_dim), width_params=present(width), head_params=present(heads),
+            modes=("heads",) if getattr(attn, "rope", None) is not None or _affine_free(attn) else modes,
+        ),
+        mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
+                    gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
+                    hidden_params=present([(f"{p}.mlp.norm.{n}", 0) for n in ("weight", "bias")])),
+    )
+    return spec, coupled
+
+
+def _readers_of_the_residual(model: nn.Module, params: dict) -> tuple[list[tuple[str, int]], list[MlpSpec]]:
+    """What reads the final residual stream (norm, head, a samvit neck, an attention pool's k/v), and the
+    pool's own MLP (timm's Mlp), pruned like a block's."""
+    reads = [("norm.weight", 0), ("norm.bias", 0)]
+    pool, neck = getattr(model, "attn_pool", None), getattr(model, "neck", None)
+    head_mlps = []
+    if pool is not None and type(pool.mlp).__name__ == "Mlp" and isinstance(pool.mlp.norm, nn.Identity):
+        head_mlps.append(MlpSpec(fc1="attn_pool.mlp.fc1", fc2="attn_pool.mlp.fc2", hidden=pool.mlp.fc2.in_features))
+    if isinstance(neck, nn.Sequential):  # samvit: a 1x1 conv reads the residual stream, the head its output
+        reads.append(("neck.0.weight", 1))
+    elif neck is not None:  # samvit without a neck: LayerNorm2d (or nothing), then the head
+        reads += [("neck.weight", 0), ("neck.bias", 0), ("head.norm.weight", 0), ("head.norm.bias", 0),
+                  ("head.pre_logits.fc.weight", 1)]
+        if "head.pre_logits.fc.weight" not in params:  # else the classifier reads the hidden layer
+            reads.append(("head.fc.weight", 1))
+    elif pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
+        adopt(pool)       # writes a stream of its own width, which fc_norm and the head read
+        reads += [("attn_pool.kv.weight", 1), ("attn_pool.pos_embed", 1)]
+    else:
+        reads += [("fc_norm.weight", 0), ("fc_norm.bias", 0)]
+        reads += [(f"{name}.weight", 1) for name, module in model.named_children()
+                  if name.startswith("head") and isinstance(module, nn.Linear)]  # head, head_dist
+    return reads, head_mlps
+
+
 class TimmFamily(Family):
     """timm ViTs: ``VisionTransformer``, ``Eva``, ``Beit``, ``VisionTransformerRelPos``,
     ``VisionTransformerSAM`` and ``NaFlexVit`` with blocks whose attention and MLP kinds it knows."""
@@ -262,21 +333,12 @@ class TimmFamily(Family):
         any-width stand-ins (:mod:`.layers`: same parameters, same outputs)."""
         self._check(model, (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__))
         params = dict(model.named_parameters())
-        emb: list[tuple[str, int]] = []
-
-        def add(name: str, axis: int) -> None:
-            if name in params:
-                emb.append((name, axis))
-
         root, grid = _patch_embedding(model)
         adopt(getattr(model, "embeds", None))
-        for name in (f"{root}.proj.weight", f"{root}.proj.bias"):
-            add(name, 0)
-        for name in params:  # cls, register, distillation tokens; position embeddings (NaFlexVit's factorised too)
-            if "." not in name.removeprefix(f"{root}.") and name.endswith(("token", "pos_embed", "pos_embed_y", "pos_embed_x")):
-                add(name, params[name].dim() - 1)
-        for name in (f"{root}.norm.weight", f"{root}.norm.bias", "norm_pre.weight", "norm_pre.bias"):
-            add(name, 0)
+        coupled = [(f"{root}.proj.weight", 0), (f"{root}.proj.bias", 0)]
+        coupled += [(name, params[name].dim() - 1) for name in params  # tokens, position embeddings
+                    if "." not in name.removeprefix(f"{root}.") and name.endswith(("token", "pos_embed", "pos_embed_y", "pos_embed_x"))]
+        coupled += [(f"{root}.norm.{n}", 0) for n in ("weight", "bias")] + [(f"norm_pre.{n}", 0) for n in ("weight", "bias")]
         tokens = math.prod(grid) + getattr(model, "num_prefix_tokens", 0)
         # a table every block shares fixes what may be removed: RoPE (EVA02, the *_rope_* ViTs, DINOv3, PE)
         # pairs head-dim channels, so only whole heads go; a shared relative position bias has every head
@@ -288,76 +350,13 @@ class TimmFamily(Family):
             modes = ("head_dim", "heads")
         blocks = []
         for i, blk in enumerate(model.blocks):
-            p, attn, mlp = f"blocks.{i}", blk.attn, blk.mlp
-            adopt(attn)
-            for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "ls1.gamma", "ls2.gamma",
-                         "gamma_1", "gamma_2", "attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias"):
-                add(f"{p}.{name}", 0)
-            inputs = ["qkv"] if attn.qkv is not None else ["q_proj", "k_proj", "v_proj"]
-            for name in inputs + ["gate"]:
-                add(f"{p}.attn.{name}.weight", 1)
-            width = [(f"{p}.attn.{n}", 0) for n in ("q_bias", "v_bias", "gate.weight", "gate.bias",
-                                                     "norm.weight", "norm.bias")]
-            gated = hasattr(mlp, "fc1_g")  # SwiGLU: fc2(act(fc1_g(x)) * fc1_x(x))
-            fc1 = f"{p}.mlp.fc1_x" if gated else f"{p}.mlp.fc1"
-            add(f"{fc1}.weight", 1)
-            if gated:
-                add(f"{p}.mlp.fc1_g.weight", 1)
-            hd_params = [(f"{p}.attn.{n}", 0) for n in ("q_norm.weight", "q_norm.bias", "k_norm.weight", "k_norm.bias")]
-            hd_params += [(f"{p}.attn.{n}", 1) for n in ("rel_pos_h", "rel_pos_w")]  # samvit: as SAM's
-            heads = [(f"{p}.attn.{n}", axis) for n, axis in (
-                ("relative_position_bias_table", 1),          # BEiT: (distances, heads)
-                ("rel_pos.relative_position_bias_table", 1),  # RelPosBias
-                ("rel_pos.mlp.fc2.weight", 0), ("rel_pos.mlp.fc2.bias", 0),  # RelPosMlp: one output per head
-            ) if f"{p}.attn.{n}" in params]
-            kv_heads = getattr(attn, "num_kv_heads", attn.num_heads)  # AttentionRope: grouped-query attention
-            blocks.append(BlockSpec(
-                name=p,
-                attn=AttentionSpec(
-                    module=f"{p}.attn", proj=f"{p}.attn.proj",
-                    qkv=f"{p}.attn.qkv" if attn.qkv is not None else tuple(f"{p}.attn.{n}" for n in inputs),
-                    num_heads=attn.num_heads, head_dim=attn.proj.in_features // attn.num_heads,
-                    num_kv_heads=kv_heads if kv_heads != attn.num_heads else None,
-                    seq_len=tokens if not getattr(blk, "window_size", 0) else blk.window_size ** 2,
-                    num_seqs=1 if not getattr(blk, "window_size", 0) else math.prod(
-                        -(-g // blk.window_size) for g in grid),
-                    head_dim_params=[x for x in hd_params if x[0] in params],
-                    width_params=[x for x in width if x[0] in params], head_params=heads,
-                    modes=("heads",) if getattr(attn, "rope", None) is not None or _affine_free(attn) else modes,
-                ),
-                mlp=MlpSpec(fc1=fc1, fc2=f"{p}.mlp.fc2", hidden=mlp.fc2.in_features,
-                            gate=f"{p}.mlp.fc1_g" if gated else None, fused_gate=_glu_in_one_layer(mlp),
-                            hidden_params=[(f"{p}.mlp.norm.{n}", 0) for n in ("weight", "bias")
-                                           if f"{p}.mlp.norm.{n}" in params]),
-            ))
-        add("norm.weight", 0)
-        add("norm.bias", 0)
-        pool = getattr(model, "attn_pool", None)
-        head_mlps = []  # the pool's own MLP (timm's Mlp), pruned like a block's
-        if pool is not None and type(pool.mlp).__name__ == "Mlp" and isinstance(pool.mlp.norm, nn.Identity):
-            head_mlps.append(MlpSpec(fc1="attn_pool.mlp.fc1", fc2="attn_pool.mlp.fc2", hidden=pool.mlp.fc2.in_features))
-        neck = getattr(model, "neck", None)
-        if isinstance(neck, nn.Sequential):  # samvit: a 1x1 conv reads the residual stream, the head its output
-            add("neck.0.weight", 1)
-        elif neck is not None:  # samvit without a neck: LayerNorm2d (or nothing), then the head
-            for name, axis in (("neck.weight", 0), ("neck.bias", 0), ("head.norm.weight", 0), ("head.norm.bias", 0),
-                               ("head.pre_logits.fc.weight", 1)):
-                add(name, axis)
-            if "head.pre_logits.fc.weight" not in params:  # else the classifier reads the hidden layer
-                add("head.fc.weight", 1)
-        elif pool is not None:  # SigLIP's / PE's latent attention pool reads the residual stream (kv) and
-            adopt(pool)       # writes a stream of its own width, which fc_norm and the head read
-            add("attn_pool.kv.weight", 1)
-            add("attn_pool.pos_embed", 1)
-        else:
-            for name in ("fc_norm.weight", "fc_norm.bias"):
-                add(name, 0)
-            for name, module in model.named_children():
-                if name.startswith("head") and isinstance(module, nn.Linear):  # head, head_dist
-                    add(f"{name}.weight", 1)
+            spec, block_coupled = _block_spec(f"blocks.{i}", blk, params, tokens, grid, modes)
+            blocks.append(spec)
+            coupled += block_coupled
+        reads, head_mlps = _readers_of_the_residual(model, params)
         return Structure(
-            embed_dim=params[f"{root}.proj.weight"].shape[0],
-            blocks=blocks, embedding_root=f"{root}.proj", embedding_params=emb, head_mlps=head_mlps,
+            embed_dim=params[f"{root}.proj.weight"].shape[0], blocks=blocks, embedding_root=f"{root}.proj",
+            embedding_params=[(name, axis) for name, axis in coupled + reads if name in params], head_mlps=head_mlps,
         )
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
