@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 
 import torch
 from torch import nn
@@ -16,10 +18,10 @@ def attention_macs(structure: Structure, batch: int = 1) -> int:
     total = 0
     for block in structure.blocks:
         a = block.attn
-        per_seq = 2 * a.seq_len * a.seq_len * a.head_dim  # q.k^T and attn.v, per head
+        per_seq = 2 * a.queries * a.seq_len * a.head_dim  # q.k^T and attn.v, per head
         if a.rel_pos is not None:
             h, w = a.rel_pos
-            per_seq += a.seq_len * (h + w) * a.head_dim  # q against the rel_pos_h / rel_pos_w tables
+            per_seq += a.queries * (h + w) * a.head_dim  # q against the rel_pos_h / rel_pos_w tables
         total += batch * a.num_seqs * a.num_heads * per_seq
     return total
 
@@ -33,7 +35,9 @@ def module_macs(encoder: nn.Module, family: Family, model: nn.Module) -> int:
 
     shadow = copy.deepcopy(encoder).to("meta")
     example = family.example_input(model, device="meta")
-    with torch.no_grad():
+    # the counter prints a warning on stdout for a module registered twice (Hiera's shared q pool): keep
+    # stdout for --json
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         macs, _ = tp.utils.count_ops_and_params(shadow, example)
     return int(macs)
 

@@ -98,6 +98,17 @@ class Family:
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
         """Update encoder attributes that record the residual width (after its parameters changed)."""
 
+    def set_residual_widths(self, encoder: nn.Module, widths: list[int]) -> None:
+        """Update encoder attributes that record the residual streams' widths (one per stream, see
+        :meth:`Structure.streams`); a family with one stream implements :meth:`set_embed_dim` instead."""
+        self.set_embed_dim(encoder, widths[0])
+
+    def output_features(self, output: Any) -> list[torch.Tensor]:
+        """The tensors of the encoder's output that distillation aligns and label-free criteria perturb:
+        the output itself by default; a family whose encoder returns several maps (a dict, a pyramid)
+        names those the rest of its model reads."""
+        return [output]
+
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """Called after pruning changed ``attn``'s head dim, so that it computes what the original model
         computes with the removed channels zeroed (keep the original attention scale)."""

@@ -78,8 +78,9 @@ def _members_of(target, out_side: bool, axis: int, names: dict) -> list[tuple[st
     return found
 
 
-def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_shape: tuple[int, ...]) -> list[tuple[str, int]]:
-    """Every ``(param name, axis)`` coupled to the output channels of ``structure.embedding_root``.
+def stream_params_from_graph(encoder: nn.Module, structure: Structure, input_shape: tuple[int, ...]) -> list[list[tuple[str, int]]]:
+    """For each residual stream (see :meth:`Structure.streams`), every ``(param name, axis)`` coupled to
+    the output channels of its root, from one dependency graph.
 
     Parameters not owned by a standard layer (position embeddings, tokens, SAM's rel-pos tables, ...)
     are given to the graph with the axes the structure description names.
@@ -88,32 +89,48 @@ def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_
     params = dict(shadow.named_parameters())
     names = {id(p): n for n, p in params.items()}
     names.update({id(m): n for n, m in shadow.named_modules()})
-    declared = dict(structure.embedding_params)
+    declared = {}
+    for stream in structure.streams():
+        declared.update(dict(stream.params))
     for block in structure.blocks:
         declared.update(dict(block.attn.head_dim_params))
     unwrapped = [(params[n], axis) for n, axis in declared.items() if n in params and not _owner_is_layer(shadow, n)]
     dg = _build_graph(shadow, input_shape, unwrapped)
-    members: list[tuple[str, int]] = []
-    for target, out_side, axis, idxs in _residual_items(dg, shadow.get_submodule(structure.embedding_root)):
-        here = _members_of(target, out_side, axis, names)
-        if idxs != [0] and here:
-            raise VitslimError(f"embedding channel 0 maps to channels {idxs} of {names.get(id(target))}: "
-                               f"not a plain coupling")
-        members += [m for m in here if m not in members]
-    return members
+    found = []
+    for stream in structure.streams():
+        members: list[tuple[str, int]] = []
+        for target, out_side, axis, idxs in _residual_items(dg, shadow.get_submodule(stream.root)):
+            here = _members_of(target, out_side, axis, names)
+            if idxs != [0] and here:
+                raise VitslimError(f"residual channel 0 of {stream.root} maps to channels {idxs} of "
+                                   f"{names.get(id(target))}: not a plain coupling")
+            members += [m for m in here if m not in members]
+        found.append(members)
+    return found
+
+
+def embedding_params_from_graph(encoder: nn.Module, structure: Structure, input_shape: tuple[int, ...]) -> list[tuple[str, int]]:
+    """Every ``(param name, axis)`` coupled to the output channels of ``structure.embedding_root``."""
+    return stream_params_from_graph(encoder, structure, input_shape)[0]
+
+
+def checked_stream_params(encoder: nn.Module, structure: Structure, family: Family, model: nn.Module) -> list[list[tuple[str, int]]]:
+    """Each residual stream's coupling from the graph (at the family's input size), which must equal the
+    family's description: loading a saved file relies on the description alone. A disagreement is one
+    clear :class:`UsageError`."""
+    found = stream_params_from_graph(encoder, structure, family.input_shape(model))
+    for stream, params in zip(structure.streams(), found):
+        missing = sorted(set(params) - set(stream.params))
+        extra = sorted(set(stream.params) - set(params))
+        if missing or extra:
+            raise UsageError(
+                f"the '{family.name}' family's description of this model disagrees with its dependency "
+                f"graph at {stream.root} ({'not described: ' + ', '.join(n for n, _ in missing[:3]) if missing else ''}"
+                f"{'; not coupled: ' + ', '.join(n for n, _ in extra[:3]) if extra else ''}): its embedding "
+                f"width cannot be pruned safely; prune part='bottleneck' or fix the family")
+    return found
 
 
 def checked_embedding_params(encoder: nn.Module, structure: Structure, family: Family, model: nn.Module) -> list[tuple[str, int]]:
-    """The residual coupling from the graph (at the family's input size), which must equal the family's
-    description: loading a saved file relies on the description alone. A disagreement is one clear
-    :class:`UsageError`."""
-    found = embedding_params_from_graph(encoder, structure, family.input_shape(model))
-    missing = sorted(set(found) - set(structure.embedding_params))
-    extra = sorted(set(structure.embedding_params) - set(found))
-    if missing or extra:
-        raise UsageError(
-            f"the '{family.name}' family's description of this model disagrees with its dependency "
-            f"graph ({'not described: ' + ', '.join(n for n, _ in missing[:3]) if missing else ''}"
-            f"{'; not coupled: ' + ', '.join(n for n, _ in extra[:3]) if extra else ''}): its embedding "
-            f"width cannot be pruned safely; prune part='bottleneck' or fix the family")
-    return found
+    """The first residual stream's checked coupling (see :func:`checked_stream_params`)."""
+    return checked_stream_params(encoder, structure, family, model)[0]

@@ -68,7 +68,8 @@ def block_members(block: BlockSpec) -> list[Member]:
 
 @dataclass
 class ChannelGroup:
-    """Channels that move together; ``kind`` is ``embedding``, ``head_dim``, ``heads`` or ``mlp``."""
+    """Channels that move together; ``kind`` is ``embedding``, ``head_dim``, ``heads`` or ``mlp``.
+    ``block`` is the block index of a bottleneck group, the residual stream's index of an embedding group."""
 
     name: str
     kind: str
@@ -91,11 +92,13 @@ def _identity(n: int) -> torch.Tensor:
     return torch.arange(n)[:, None]
 
 
-def embedding_group(structure: Structure) -> ChannelGroup:
-    """The residual width: one channel set shared by every embedding-tied parameter."""
-    idx = _identity(structure.embed_dim)
-    members = [(name, axis, idx) for name, axis in structure.embedding_params]
-    return ChannelGroup("embedding", "embedding", structure.embed_dim, None, members)
+def embedding_group(structure: Structure, stream: int = 0) -> ChannelGroup:
+    """A residual width: one channel set shared by every parameter tied to residual stream ``stream``
+    (``embedding`` for the first, ``embedding.<i>`` for a hierarchical encoder's later stages)."""
+    s = structure.streams()[stream]
+    idx = _identity(s.width)
+    members = [(name, axis, idx) for name, axis in s.params]
+    return ChannelGroup("embedding" if stream == 0 else f"embedding.{stream}", "embedding", s.width, stream, members)
 
 
 def qkv_rows(num_heads: int, head_dim: int, heads: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
@@ -164,7 +167,7 @@ def build_groups(structure: Structure, part: str, attention: str = "head_dim",
         raise ValueError(f"unknown part {part!r}: choose one of {PARTS}")
     groups = []
     if part in ("embedding", "both"):
-        groups.append(embedding_group(structure))
+        groups += [embedding_group(structure, i) for i in range(len(structure.streams()))]
     if part in ("bottleneck", "both"):
         for i in range(len(structure.blocks)):
             groups += [attention_group(structure, i, attention), mlp_group(structure, i)]

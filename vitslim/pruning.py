@@ -12,7 +12,7 @@ from torch import nn
 
 from . import criteria as C
 from .errors import UsageError
-from .graph import checked_embedding_params
+from .graph import checked_stream_params
 from .groups import ATTENTION_MODES, PARTS, ChannelGroup, build_groups
 from .info import add_history, get_info
 from .ranking import RANKINGS, select
@@ -100,7 +100,8 @@ def plan(
     if part in ("embedding", "both"):
         # torch-pruning's dependency graph decides what moves with the residual channels, and must agree
         # with the family's description (loading a saved file relies on it alone)
-        structure.embedding_params = checked_embedding_params(encoder, structure, family, model)
+        for i, params in enumerate(checked_stream_params(encoder, structure, family, model)):
+            structure.set_stream_params(i, params)
     params = dict(encoder.named_parameters())
     groups = build_groups(structure, part, attention, set(params))
     crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)

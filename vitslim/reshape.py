@@ -47,16 +47,20 @@ def sync_attributes(module: nn.Module) -> None:
 
 
 def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family: Family) -> None:
-    """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`): the
-    embedding parameters and each block's :func:`~vitslim.groups.block_members`, the same declarations
+    """Resize every width-tied parameter of ``encoder`` to ``widths`` (see :meth:`Structure.widths`): each
+    residual stream's parameters and each block's :func:`~vitslim.groups.block_members`, the same declarations
     pruning removes channels from."""
     from .groups import block_members, mlp_members
 
     if len(widths["blocks"]) != len(structure.blocks):
         raise ValueError(f"widths for {len(widths['blocks'])} blocks, the model has {len(structure.blocks)}")
+    stream_widths = [widths["embed_dim"], *widths.get("stream_dims", [])]
+    if len(stream_widths) != len(structure.streams()):
+        raise ValueError(f"widths for {len(stream_widths)} residual streams, the model has {len(structure.streams())}")
     params = dict(encoder.named_parameters())
-    for name, axis in structure.embedding_params:
-        _resize(encoder, name, axis, widths["embed_dim"])
+    for stream, width in zip(structure.streams(), stream_widths):
+        for name, axis in stream.params:
+            _resize(encoder, name, axis, width)
     for block, w in zip(structure.blocks, widths["blocks"]):
         for m in block_members(block):
             if m.param in params:  # e.g. a qkv without bias
@@ -68,4 +72,4 @@ def apply_widths(encoder: nn.Module, structure: Structure, widths: dict, family:
             if m.param in params:
                 _resize(encoder, m.param, m.axis, m.size(0, 0, hidden))
     sync_attributes(encoder)
-    family.set_embed_dim(encoder, widths["embed_dim"])
+    family.set_residual_widths(encoder, stream_widths)

@@ -25,7 +25,8 @@ class AttentionSpec:
     first used when the one asked for is not among them: rotary attention (q and k turned in pairs of
     head-dim channels by a table every block shares) loses only whole heads; a relative position bias
     shared by every block keeps every head.
-    ``seq_len`` and ``num_seqs`` describe the attention matrices at the family's input size (for MACs);
+    ``seq_len`` and ``num_seqs`` describe the attention matrices at the family's input size (for MACs),
+    ``q_len`` the queries per sequence where they are fewer than the keys (pooled queries; 0: ``seq_len``);
     ``rel_pos`` is the (height, width) grid when decomposed relative positions are added, else None.
     """
 
@@ -42,10 +43,16 @@ class AttentionSpec:
     head_params: list[tuple[str, int]] = field(default_factory=list)
     modes: tuple[str, ...] = ("head_dim", "heads")
     num_kv_heads: int | None = None  # None: one key/value head per query head
+    q_len: int = 0
 
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+    @property
+    def queries(self) -> int:
+        """Queries per attention sequence (``q_len``, or ``seq_len`` when queries are not pooled)."""
+        return self.q_len or self.seq_len
 
 
 @dataclass
@@ -73,6 +80,16 @@ class BlockSpec:
 
 
 @dataclass
+class ResidualStream:
+    """A residual stream after the first (a hierarchical encoder's later stage): its ``width``, the module
+    whose output channels start it (``root``), and every ``(param, axis)`` tied to its width."""
+
+    width: int
+    root: str
+    params: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
 class Structure:
     """What the core needs to know about an encoder.
 
@@ -82,6 +99,11 @@ class Structure:
     ``embedding_root`` is the module whose output channels start the residual stream. ``head_mlps`` are
     MLPs outside the blocks (an attention-pooling head's), whose hidden channels are pruned with the
     blocks' MLPs.
+
+    A hierarchical encoder (Hiera) changes its residual width from stage to stage: the fields above then
+    describe the first stage's stream, and ``later_streams`` the others. A block whose attention reads
+    one stream and writes the next lists its input-side parameters under the first and its output side
+    under the second; each stream is pruned as its own group.
     """
 
     embed_dim: int
@@ -89,11 +111,24 @@ class Structure:
     embedding_root: str
     embedding_params: list[tuple[str, int]] = field(default_factory=list)
     head_mlps: list[MlpSpec] = field(default_factory=list)
+    later_streams: list[ResidualStream] = field(default_factory=list)
+
+    def streams(self) -> list[ResidualStream]:
+        """Every residual stream, the first included (its ``params`` is ``embedding_params`` itself)."""
+        return [ResidualStream(self.embed_dim, self.embedding_root, self.embedding_params), *self.later_streams]
+
+    def set_stream_params(self, i: int, params: list[tuple[str, int]]) -> None:
+        """Replace stream ``i``'s tied parameters (0: ``embedding_params``)."""
+        if i == 0:
+            self.embedding_params = params
+        else:
+            self.later_streams[i - 1].params = params
 
     def widths(self) -> dict:
-        """The per-block widths, as stored in model files."""
+        """The per-block widths, as stored in model files (``stream_dims``: the later streams' widths)."""
         return {
             "embed_dim": self.embed_dim,
+            **({"stream_dims": [s.width for s in self.later_streams]} if self.later_streams else {}),
             "blocks": [
                 {"num_heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "mlp_hidden": b.mlp.hidden,
                  **({"num_kv_heads": b.attn.num_kv_heads} if b.attn.num_kv_heads else {})}

@@ -42,9 +42,13 @@ def remove_channels(
     for group in groups:
         remove_group_channels(encoder, group, keep[group.name])
     sync_attributes(encoder)
+    widths = [s.width for s in structure.streams()]
     for group in groups:
         if group.kind == "embedding":
-            family.set_embed_dim(encoder, len(keep[group.name]))
+            widths[group.block or 0] = len(keep[group.name])
+    if any(g.kind == "embedding" for g in groups):
+        family.set_residual_widths(encoder, widths)
+    for group in groups:
         if group.kind not in ("head_dim", "heads"):
             continue
         spec = structure.blocks[group.block].attn

@@ -18,17 +18,30 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def _predict(predictor, points=None, boxes=None) -> torch.Tensor:
-    """Single-mask prediction for a batch of prompts, as bool masks at image resolution."""
-    dev = predictor.device
-    coords = labels = box = None
-    if points is not None:
-        coords = predictor.transform.apply_coords_torch(points.to(dev).float(), predictor.original_size)
-        labels = torch.ones(points.shape[:2], dtype=torch.int, device=dev)
-    if boxes is not None:
-        box = predictor.transform.apply_boxes_torch(boxes.to(dev).float(), predictor.original_size)
-    masks, _, _ = predictor.predict_torch(coords, labels, box, multimask_output=False)
-    return masks[:, 0].cpu()
+class SamPrompter:
+    """Single-mask predictions of a SAM v1 model for batches of prompts (the interface the evaluation
+    protocol asks of a family's predictor: ``set_image`` and ``masks``)."""
+
+    def __init__(self, sam):
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    def masks(self, points: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool masks (N, H, W) at image resolution for N point prompts (N, 1, 2) or boxes (N, 4)."""
+        p = self.predictor
+        dev = p.device
+        coords = labels = box = None
+        if points is not None:
+            coords = p.transform.apply_coords_torch(points.to(dev).float(), p.original_size)
+            labels = torch.ones(points.shape[:2], dtype=torch.int, device=dev)
+        if boxes is not None:
+            box = p.transform.apply_boxes_torch(boxes.to(dev).float(), p.original_size)
+        masks, _, _ = p.predict_torch(coords, labels, box, multimask_output=False)
+        return masks[:, 0].cpu()
 
 
 def _prompts_from_teacher(predictor, image_hw, grid: int, seed: int):
@@ -37,7 +50,7 @@ def _prompts_from_teacher(predictor, image_hw, grid: int, seed: int):
     ys = (np.arange(grid) + 0.5) * h / grid
     xs = (np.arange(grid) + 0.5) * w / grid
     grid_pts = torch.tensor([[[x, y]] for y in ys for x in xs])
-    masks = _predict(predictor, points=grid_pts)
+    masks = predictor.masks(points=grid_pts)
     g = torch.Generator().manual_seed(seed)
     points, boxes = [], []
     for m in masks:
@@ -50,15 +63,19 @@ def _prompts_from_teacher(predictor, image_hw, grid: int, seed: int):
     return torch.tensor(points).reshape(-1, 1, 2), torch.tensor(boxes).reshape(-1, 4)
 
 
-@torch.no_grad()
 def evaluate_sam(student, teacher, images: list, annotations: list | None = None, grid: int = 4, seed: int = 0,
                  overlays: str | Path | None = None) -> dict:
+    """:func:`evaluate_prompts` with SAM v1 predictors."""
+    return evaluate_prompts(SamPrompter(student), SamPrompter(teacher), images, annotations, grid, seed, overlays)
+
+
+@torch.no_grad()
+def evaluate_prompts(ps, pt, images: list, annotations: list | None = None, grid: int = 4, seed: int = 0,
+                     overlays: str | Path | None = None) -> dict:
     """mIoU of the student's masks against the teacher's (point and box prompts), and against SA-1B
     ground truth (each annotation's point as one positive point; its box) where json files are given.
-    ``overlays``: a folder for one PNG per image of both models' masks on the same prompts."""
-    from segment_anything import SamPredictor
-
-    ps, pt = SamPredictor(student), SamPredictor(teacher)
+    ``ps``/``pt``: the student's and teacher's prompters (see :class:`SamPrompter`). ``overlays``: a
+    folder for one PNG per image of both models' masks on the same prompts."""
     point_ious, box_ious, gt_point, gt_box = [], [], [], []
     for i, image in enumerate(images):
         arr = np.asarray(image.convert("RGB"))
@@ -66,9 +83,9 @@ def evaluate_sam(student, teacher, images: list, annotations: list | None = None
         ps.set_image(arr)
         points, boxes = _prompts_from_teacher(pt, arr.shape[:2], grid, seed + i)
         if len(points):
-            student_masks, teacher_masks = _predict(ps, points=points), _predict(pt, points=points)
+            student_masks, teacher_masks = ps.masks(points=points), pt.masks(points=points)
             point_ious.append(_iou(student_masks, teacher_masks))
-            box_ious.append(_iou(_predict(ps, boxes=boxes), _predict(pt, boxes=boxes)))
+            box_ious.append(_iou(ps.masks(boxes=boxes), pt.masks(boxes=boxes)))
             if overlays is not None:
                 from .overlay import write_overlay
 
@@ -81,8 +98,8 @@ def evaluate_sam(student, teacher, images: list, annotations: list | None = None
                 gt = torch.from_numpy(np.stack([rle_to_mask(r["segmentation"]) for r in records]))
                 pts = torch.tensor([[r["point_coords"][0]] for r in records], dtype=torch.float32)
                 bxs = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in (r["bbox"] for r in records)])
-                gt_point.append(_iou(_predict(ps, points=pts), gt))
-                gt_box.append(_iou(_predict(ps, boxes=bxs), gt))
+                gt_point.append(_iou(ps.masks(points=pts), gt))
+                gt_box.append(_iou(ps.masks(boxes=bxs), gt))
 
     def mean(xs):
         return float(torch.cat(xs).mean()) if xs else None

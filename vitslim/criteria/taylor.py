@@ -115,9 +115,12 @@ class DisturbedTaylorImportance(TaylorImportance):
 
     def loss(self, output: torch.Tensor, inputs: torch.Tensor, ctx: ImportanceContext) -> torch.Tensor:
         # Before pruning the teacher *is* this model: its output, without gradient, is output.detach().
-        target = output.detach()
-        noise = torch.randn(target.shape, generator=self._gen, dtype=target.dtype).to(target.device)
-        return F.mse_loss(output, target + self.sigma * noise)
+        losses = []
+        for out in ctx.family.output_features(output):  # the output tensors the family's model reads
+            target = out.detach()
+            noise = torch.randn(target.shape, generator=self._gen, dtype=target.dtype).to(target.device)
+            losses.append(F.mse_loss(out, target + self.sigma * noise))
+        return torch.stack(losses).mean()
 
     def describe(self) -> dict:
         return {**super().describe(), "sigma": self.sigma, "seed": self.seed}

@@ -37,12 +37,14 @@ def dynamic(half: int) -> Callable[[int], float]:
 
 def term_loss(term: Term, student: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
               keys: list[str]) -> torch.Tensor:
-    """Mean of the per-point MSEs (points of one tap kind weigh equally)."""
+    """Mean of the per-point MSEs (points of one tap kind, or the tensors of a family's output features,
+    weigh equally)."""
     losses = []
     for k in keys:
-        s, r = student[k], reference[k]
-        if s.shape != r.shape:
-            raise RuntimeError(f"loss term {term.name}: {k} has shape {tuple(s.shape)} in the student but "
-                               f"{tuple(r.shape)} in the {term.reference} model")
-        losses.append(F.mse_loss(s.float(), r.float()))
+        pairs = zip(student[k], reference[k]) if isinstance(student[k], (list, tuple)) else [(student[k], reference[k])]
+        for s, r in pairs:
+            if s.shape != r.shape:
+                raise RuntimeError(f"loss term {term.name}: {k} has shape {tuple(s.shape)} in the student but "
+                                   f"{tuple(r.shape)} in the {term.reference} model")
+            losses.append(F.mse_loss(s.float(), r.float()))
     return torch.stack(losses).mean()

@@ -54,7 +54,7 @@ class StageLoss:
         pts = [p for t in taps for p in self.points[t]]
         with tapped(encoder, pts) as feats:
             out = (runner or encoder)(x)
-        return {**feats, OUTPUT: out}
+        return {**feats, OUTPUT: self.family.output_features(out)}
 
     def __call__(self, student: nn.Module, x: torch.Tensor, epoch: int, runner=None) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the active terms; ``runner`` (e.g. a DDP wrapper of the student's encoder)
@@ -65,7 +65,7 @@ class StageLoss:
         with torch.no_grad():
             for name in {t.reference for t in active}:
                 refs[name] = self._run(self.refs[name], x, {t.tap for t in active if t.reference == name and t.tap != OUTPUT})
-        total = s[OUTPUT].new_zeros((), dtype=torch.float32)
+        total = s[OUTPUT][0].new_zeros((), dtype=torch.float32)
         parts = {}
         for t in active:
             keys = [OUTPUT] if t.tap == OUTPUT else [k for k, _ in self.points[t.tap]]
@@ -127,13 +127,14 @@ def validate(student: nn.Module, loss: StageLoss, data: Dataset, epoch: int, cfg
     student.eval()
     loader = DataLoader(data, batch_size=max(1, cfg.batch_size), shuffle=False, num_workers=cfg.num_workers)
     total, n = 0.0, 0
-    enc = loss.family.encoder
+    family = loss.family
     for batch in loader:
         for x in batch.split(cfg.micro(len(batch))):
             x = x.to(cfg.device)
             with cfg.autocast():
-                s = enc(student)(x)
-                r = enc(loss.refs["original"])(x)
-            total += float(torch.nn.functional.mse_loss(s.float(), r.float(), reduction="sum"))
-            n += s.numel()
+                s = family.output_features(family.encoder(student)(x))
+                r = family.output_features(family.encoder(loss.refs["original"])(x))
+            for a, b in zip(s, r):
+                total += float(torch.nn.functional.mse_loss(a.float(), b.float(), reduction="sum"))
+                n += a.numel()
     return total / max(n, 1)

@@ -1,0 +1,141 @@
+"""The SAM 2 family: Hiera's per-stage residual streams, on tiny encoders built in code (256 px)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitslim
+from vitslim.registry import family_of
+
+from .conftest import resize_batch
+from .test_cli import image_dir, one_error_line, run  # noqa: F401 - image_dir is a fixture
+from .test_pruning import _zeroed_reference
+
+pytest.importorskip("sam2", reason="the SAM 2 family needs the sam2 package (README: Install)")
+
+# 4 stages of widths 16/32/64/128, 6 blocks, windows and global blocks, q pooling at every stage change
+TINY = dict(img_size=256, embed_dim=16, num_heads=1, stages=[1, 2, 2, 1], global_att_blocks=[2, 4],
+            window_spec=[8, 4, 8, 4], window_pos_embed_bkg_spatial_size=[4, 4])
+
+
+@pytest.fixture
+def tiny_sam2():
+    torch.manual_seed(0)
+    model = vitslim.create("sam2-t", pretrained=False, **TINY)
+    with torch.no_grad():  # position embeddings start at zero: give them values so that pruning them matters
+        model.image_encoder.trunk.pos_embed.normal_(0, 0.1)
+        model.image_encoder.trunk.pos_embed_window.normal_(0, 0.1)
+    return model
+
+
+def fpn(model, x) -> list[torch.Tensor]:
+    """The FPN levels the mask decoder reads."""
+    with torch.no_grad():
+        return model.image_encoder(x)["backbone_fpn"]
+
+
+def test_sam2_b_plus_has_the_published_shape():
+    model = vitslim.create("sam2-b+", pretrained=False)
+    s = vitslim.describe(model)
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == 69_106_816
+    assert [st.width for st in s.streams()] == [112, 224, 448, 896]
+    assert [b.attn.num_heads for b in s.blocks][::8] == [2, 8, 8]
+    pooled = [i for i, b in enumerate(s.blocks) if b.attn.q_len]
+    assert pooled == [2, 5, 21] and s.blocks[2].attn.q_len * 4 == s.blocks[2].attn.seq_len
+    assert family_of(model).identify(model) == ("sam2-b+", {})
+
+
+def test_description_agrees_with_the_dependency_graph(tiny_sam2):
+    from vitslim.graph import stream_params_from_graph
+
+    family = family_of(tiny_sam2)
+    s = family.describe(tiny_sam2)
+    found = stream_params_from_graph(family.encoder(tiny_sam2), s, family.input_shape(tiny_sam2))
+    assert [sorted(f) for f in found] == [sorted(st.params) for st in s.streams()]
+    assert len(found) == 4 and ("neck.convs.0.conv.weight", 1) in found[3]
+
+
+@pytest.mark.parametrize("attention", ["head_dim", "heads"])
+def test_bottleneck_pruning_equals_zeroing(tiny_sam2, attention, photos):
+    x = resize_batch(photos[:2], 256)
+    kw = dict(ratio=0.5, part="bottleneck", importance="random", attention=attention, seed=1)
+    p = vitslim.plan(tiny_sam2, **kw)
+    pruned = vitslim.prune(tiny_sam2, **kw)
+    before, after = vitslim.describe(tiny_sam2).widths(), vitslim.describe(pruned).widths()
+    assert after["blocks"] != before["blocks"] and after["stream_dims"] == before["stream_dims"]
+    for got, want in zip(fpn(pruned, x), fpn(_zeroed_reference(tiny_sam2, p), x)):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_ratio_zero_is_the_identity(tiny_sam2, photos):
+    x = resize_batch(photos[:1], 256)
+    same = vitslim.prune(tiny_sam2, 0.0, part="both", importance="random")
+    assert all(torch.equal(a, b) for a, b in zip(fpn(same, x), fpn(tiny_sam2, x)))
+
+
+def test_every_stage_is_pruned_and_reloads_bit_identically(tiny_sam2, photos, tmp_path):
+    x = resize_batch(photos[:2], 256)
+    pruned = vitslim.prune(tiny_sam2, 0.5, part="both", importance="disturbed_taylor", data=x)
+    w = vitslim.describe(pruned).widths()
+    assert w["embed_dim"] < 16 and all(a < b for a, b in zip(w["stream_dims"], [32, 64, 128]))
+    assert sum(p.numel() for p in pruned.image_encoder.parameters()) < 0.5 * sum(
+        p.numel() for p in tiny_sam2.image_encoder.parameters())
+    loaded = vitslim.load(vitslim.save(pruned, tmp_path / "slim.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(fpn(loaded, x), fpn(pruned, x)))
+    assert [t.shape for t in fpn(loaded, x)] == [t.shape for t in fpn(tiny_sam2, x)]  # the neck keeps 256
+
+
+def test_equal_stage_widths_keep_the_shortcut_projection(tiny_sam2, photos, tmp_path):
+    """Two stages pruned to one width: each stage's first block must still project (and pool) its shortcut."""
+    from vitslim.reshape import apply_widths
+
+    family = family_of(tiny_sam2)
+    model = copy.deepcopy(tiny_sam2)
+    widths = family.describe(model).widths()
+    widths.update(embed_dim=16, stream_dims=[16, 16, 16])
+    apply_widths(model.image_encoder, family.describe(model), widths, family)
+    calls = []
+    for blk in model.image_encoder.trunk.blocks:
+        if hasattr(blk, "proj"):
+            blk.proj.register_forward_hook(lambda *_: calls.append(1))
+    out = fpn(model, resize_batch(photos[:1], 256))
+    assert len(calls) == 3 and [t.shape[-1] for t in out] == [64, 32, 16]
+
+
+def test_compress_end_to_end_and_the_image_predictor(tiny_sam2, image_dir, tmp_path, capsys):  # noqa: F811
+    from skimage import data
+
+    from vitslim_sam2.predictor import image_predictor
+
+    teacher = vitslim.save(tiny_sam2, tmp_path / "tiny-sam2.pt")
+    out = tmp_path / "slim.pt"
+    code, stdout, err = run(["compress", teacher, "--ratio", "0.5", "--data", image_dir, "--out", out,
+                             "--epochs", "1", "--batch-size", "2", "--importance-batches", "1",
+                             "--workdir", tmp_path / "work", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["after"]["params"] < summary["before"]["params"]
+    assert summary["eval"]["prompts"] > 0 and 0 <= summary["eval"]["miou_point_vs_teacher"] <= 1
+    predictor = image_predictor(vitslim.load(out))
+    predictor.set_image(data.astronaut())
+    masks, scores, _ = predictor.predict(point_coords=np.array([[250, 150]]), point_labels=np.array([1]),
+                                         multimask_output=False)
+    assert masks.shape == (1, 512, 512) and scores.shape == (1,)
+
+
+def test_eval_teacher_against_itself_is_perfect(tiny_sam2, tmp_path, capsys):
+    f = vitslim.save(tiny_sam2, tmp_path / "tiny-sam2.pt")
+    code, stdout, err = run(["eval", f, "--teacher", f, "--limit", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["miou_point_vs_teacher"] == 1.0 and result["miou_box_vs_teacher"] == 1.0
+
+
+def test_bad_names_and_arguments_are_one_line(capsys):
+    code, _, err = run(["inspect", "sam2-xl"], capsys)
+    assert code != 0 and "sam2-xl" in one_error_line(err)
+    with pytest.raises(vitslim.UsageError, match="unknown SAM 2 encoder argument"):
+        vitslim.create("sam2-t", pretrained=False, depth=3)
