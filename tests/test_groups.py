@@ -47,3 +47,20 @@ def test_group_sizes_and_members(tiny_sam):
     assert not {n for n, _ in a.head_dim_params} & {m[0] for m in heads.members}  # whole heads keep the head dim
     kinds = [g.kind for g in build_groups(s, "both", "heads")]
     assert kinds[0] == "embedding" and kinds.count("heads") == kinds.count("mlp") == len(s.blocks)
+
+
+def test_each_residual_stream_is_its_own_group():
+    """A hierarchical encoder's later streams: one embedding group each, members from their own params;
+    global ranking gives them their own widths, uniform the same fraction."""
+    from vitslim.ranking import select
+    from vitslim.structure import ResidualStream, Structure
+
+    s = Structure(embed_dim=4, blocks=[], embedding_root="a", embedding_params=[("a.weight", 0)],
+                  later_streams=[ResidualStream(8, "b", [("b.weight", 0), ("c.weight", 1)])])
+    groups = build_groups(s, "embedding")
+    assert [(g.name, g.size, g.block) for g in groups] == [("embedding", 4, 0), ("embedding.1", 8, 1)]
+    assert [m[:2] for m in groups[1].members] == [("b.weight", 0), ("c.weight", 1)]
+    scores = {"embedding": torch.ones(4), "embedding.1": torch.tensor([1.0] * 4 + [1e-3] * 4)}
+    assert [len(k) for k in select(groups, scores, 0.25, "global").values()] == [4, 5]
+    assert [len(k) for k in select(groups, scores, 0.25, "uniform").values()] == [3, 6]
+    assert s.widths()["stream_dims"] == [8] and "stream_dims" not in Structure(4, [], "a").widths()

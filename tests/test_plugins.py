@@ -9,16 +9,29 @@ from vitslim.registry import families, importances
 
 def test_builtin_families_come_from_entry_points(capsys):
     eps = {ep.name: ep.value for ep in entry_points(group="vitslim")}
-    assert eps == {"sam": "vitslim_sam", "timm": "vitslim_timm"}
-    assert {f.name for f in families()} == {"sam", "timm"}
+    assert eps == {"sam": "vitslim_sam", "timm": "vitslim_timm", "sam2": "vitslim_sam2"}
+    assert {f.name for f in families()} == {"sam", "timm", "sam2"}
     main(["plugins", "--json"])
     rows = {r["plugin"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["sam"]["families"] == {"sam": ["sam-b", "sam-l", "sam-h"]}
     assert rows["sam"]["package"].startswith("vitslim ")  # loaded from the distribution's entry point
     assert rows["timm"]["families"]["timm"][0] == "timm:<model>"
+    assert rows["sam2"]["families"] == {"sam2": ["sam2-t", "sam2-s", "sam2-b+", "sam2-l"]}
     assert set(rows["vitslim.criteria"]["importances"]) == {"disturbed_taylor", "taylor", "magnitude", "random"}
     assert rows["sam"]["testbeds"] == ["shapes-sam"] and rows["timm"]["testbeds"] == ["digits-vit"]
     assert set(importances()) >= {"disturbed_taylor", "magnitude"}
+
+
+def test_sam2_names_without_the_sam2_package_say_how_to_install_it(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # as if sam2 were not installed
+    try:
+        main(["inspect", "sam2-b+"])
+    except SystemExit as exc:
+        assert exc.code != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SAM2_BUILD_CUDA=0 pip install --no-build-isolation" in err
 
 
 def test_core_imports_no_family_package():
@@ -31,7 +44,7 @@ def test_core_imports_no_family_package():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("segment_anything", "timm", "vitslim_")), f"{path}: {name}"
+                assert not name.startswith(("segment_anything", "sam2", "timm", "vitslim_")), f"{path}: {name}"
 
 
 def test_core_never_tests_a_family_name():

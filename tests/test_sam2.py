@@ -139,3 +139,35 @@ def test_bad_names_and_arguments_are_one_line(capsys):
     assert code != 0 and "sam2-xl" in one_error_line(err)
     with pytest.raises(vitslim.UsageError, match="unknown SAM 2 encoder argument"):
         vitslim.create("sam2-t", pretrained=False, depth=3)
+
+
+def test_official_checkpoint_layout_loads(tiny_sam2, tmp_path, photos):
+    """SAM 2's own files hold {"model": state dict of SAM2Base}; an image-encoder-only dict works too."""
+    x = resize_batch(photos[:1], 256)
+    full, encoder_only = tmp_path / "sam2.1_hiera_tiny.pt", tmp_path / "encoder.pt"
+    torch.save({"model": tiny_sam2.state_dict()}, full)
+    torch.save(tiny_sam2.image_encoder.state_dict(), encoder_only)
+    for f in (full, encoder_only):
+        loaded = vitslim.create("sam2-t", checkpoint=str(f), **TINY)
+        assert all(torch.equal(a, b) for a, b in zip(fpn(loaded, x), fpn(tiny_sam2, x)))
+    with pytest.raises(vitslim.WeightsError, match="another model size"):
+        vitslim.create("sam2-t", checkpoint=str(full), **{**TINY, "embed_dim": 24})
+
+
+def test_attention_macs_follow_pooled_queries_and_windows(tiny_sam2, monkeypatch):
+    """The structure's attention MACs equal those of the SDPA calls Hiera makes (q.k and attn.v)."""
+    import torch.nn.functional as F
+
+    from vitslim.cost import attention_macs
+
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        seen.append(q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1]))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    fpn(tiny_sam2, torch.zeros(1, 3, 256, 256))
+    structure = vitslim.describe(tiny_sam2)
+    assert sum(seen) == attention_macs(structure)
+    assert any(b.attn.q_len for b in structure.blocks) and any(b.attn.num_seqs > 1 for b in structure.blocks)

@@ -185,8 +185,14 @@ def inspect(model: ModelArg, as_json: AsJson = False) -> None:
                     _bar(b["mlp_hidden"] / b0["mlp_hidden"])]
         table.add_row(*row)
     console.print(table)
-    kept = f" ({_bar(report['widths']['embed_dim'] / base['embed_dim'])})" if base is not None else ""
-    console.print(f"embedding width: {report['widths']['embed_dim']}{kept}   input: {report['input_shape']}")
+    w = report["widths"]
+    streams = [w["embed_dim"], *w.get("stream_dims", [])]
+    kept = ""
+    if base is not None:
+        fractions = [a / b for a, b in zip(streams, [base["embed_dim"], *base.get("stream_dims", [])])]
+        kept = f" ({_bar(fractions[0])})" if len(fractions) == 1 else f" ({' / '.join(f'{f:.0%}' for f in fractions)} kept)"
+    label = "embedding width" if len(streams) == 1 else "embedding widths (per stage)"
+    console.print(f"{label}: {' / '.join(map(str, streams))}{kept}   input: {report['input_shape']}")
     for part in ("encoder", "model"):
         r = report[part]
         console.print(f"{part:8s} params {_fmt(r['params'])}   MACs {_fmt(r['macs'])} (modules, torch-pruning)   "
@@ -269,7 +275,7 @@ def compress(
     accum: Annotated[int, typer.Option("--accum", help="Gradient accumulation steps.")] = 1,
     micro_batch: Annotated[int, typer.Option("--micro-batch", help="Images per forward/backward (0: 1 on CPU, "
                            "the batch on GPU).")] = 0,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: 0.1 / embedding width).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: 0.1 / embedding width; Hiera: the widest stage's).")] = None,
     lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine | plateau (SlimSAM's) | constant")] = "cosine",
     augment: Annotated[str, typer.Option("--augment", help="Views shared by teacher and student: default | none "
                        "| e.g. flip,crop=0.5,mixup")] = "default",

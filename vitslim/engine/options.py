@@ -147,7 +147,8 @@ class TrainOptions:
 
 def auto_lr(embed_dim: int) -> float:
     """The default learning rate, 0.1 / width: Adam's rate shrinks with width (muP's rule). It gives
-    about SlimSAM's 1e-4 for SAM-B (1.3e-4 at 768) and the 1e-3 measured best for width-96 ViTs."""
+    about SlimSAM's 1e-4 for SAM-B (1.3e-4 at 768) and the 1e-3 measured best for width-96 ViTs. A
+    hierarchical encoder passes its widest residual stream (SAM 2 b+: 896), where most weights are."""
     return 0.1 / embed_dim
 
 
