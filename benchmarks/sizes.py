@@ -10,6 +10,8 @@ attention matmuls module counters miss (pooled queries and windows included). Pr
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from _report import emit
 
@@ -28,14 +30,13 @@ def row(spec: str) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | residual widths | head dims | whole model params / MACs | encoder params / MACs | "
-             "encoder MACs with attention |", "|---|---|---|---|---|---|"]
+    lines = ["| model | residual widths | head dims | encoder params / MACs | encoder MACs with attention | "
+             "whole model params |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {'/'.join(map(str, r['residual']))} | "
                      f"{'-'.join(map(str, (r['head_dims'][0], r['head_dims'][-1]))) if len(r['head_dims']) > 1 else r['head_dims'][0]} | "
-                     f"{r['model_params'] / 1e6:.2f}M / {r['model_macs'] / 1e9:.1f}G | "
                      f"{r['encoder_params'] / 1e6:.2f}M / {r['encoder_macs'] / 1e9:.1f}G | "
-                     f"{r['encoder_macs_with_attention'] / 1e9:.1f}G |")
+                     f"{r['encoder_macs_with_attention'] / 1e9:.1f}G | {r['model_params'] / 1e6:.2f}M |")
     return "\n".join(lines)
 
 
@@ -46,12 +47,12 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     rows = [row(spec) for spec in args.models]
-    if args.markdown:
-        print(markdown(rows))
-        if args.json_out:
-            emit({"rows": rows}, args.json_out)
-    else:
+    if not args.markdown:
         emit({"rows": rows}, args.json_out)
+        return
+    print(markdown(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -107,7 +107,6 @@ def test_equal_stage_widths_keep_the_shortcut_projection(tiny_sam2, photos, tmp_
 
 def test_compress_end_to_end_and_the_image_predictor(tiny_sam2, image_dir, tmp_path, capsys):  # noqa: F811
     from skimage import data
-
     from vitslim_sam2.predictor import image_predictor
 
     teacher = vitslim.save(tiny_sam2, tmp_path / "tiny-sam2.pt")
@@ -171,3 +170,15 @@ def test_attention_macs_follow_pooled_queries_and_windows(tiny_sam2, monkeypatch
     structure = vitslim.describe(tiny_sam2)
     assert sum(seen) == attention_macs(structure)
     assert any(b.attn.q_len for b in structure.blocks) and any(b.attn.num_seqs > 1 for b in structure.blocks)
+
+
+def test_onnx_export_gives_the_fpn_levels(tiny_sam2, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = vitslim.prune(tiny_sam2, 0.5, part="both", importance="magnitude")
+    path = vitslim.export_onnx(model, tmp_path / "m.onnx")
+    x = torch.randn(1, 3, 256, 256)
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {"image": x.numpy()})
+    assert [o.name for o in session.get_outputs()] == ["output_0", "output_1", "output_2"]
+    for g, want in zip(got, fpn(model, x)):
+        assert np.abs(g - want.numpy()).max() <= 1e-4

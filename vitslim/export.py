@@ -12,8 +12,21 @@ from torch import nn
 from .modelfile import atomic_write
 
 
+class _OutputFeatures(nn.Module):
+    """The encoder, returning the family's output features as a tuple (a dict output has no ONNX form)."""
+
+    def __init__(self, encoder: nn.Module, family):
+        super().__init__()
+        self.encoder, self.family = encoder, family
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.family.output_features(self.encoder(x)))
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, batch: int = 1) -> Path:
-    """Write the encoder of ``model`` to ``path`` as ONNX (input ``image``, output ``output``), atomically.
+    """Write the encoder of ``model`` to ``path`` as ONNX, atomically: input ``image``, output ``output``
+    (an encoder with several output features, such as SAM 2's FPN levels: ``output_0``, ``output_1``, ...,
+    in :meth:`~vitslim.Family.output_features` order).
 
     Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra package.
     """
@@ -22,12 +35,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, batc
     family = family_of(model)
     encoder = family.encoder(model).eval()
     x = family.example_input(model, batch=batch, device=next(encoder.parameters()).device)
+    wrapped = _OutputFeatures(encoder, family).eval()
+    with torch.no_grad():
+        n = len(wrapped(x))
+    names = ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(encoder, (x,), tmp, dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["output"])
+            torch.onnx.export(wrapped, (x,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=names)
 
     return atomic_write(path, write)
 

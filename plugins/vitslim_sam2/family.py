@@ -18,7 +18,13 @@ from torch import nn
 from vitslim import Family
 from vitslim.errors import UsageError
 from vitslim.info import set_info
-from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, ResidualStream, Structure
+from vitslim.structure import (
+    AttentionSpec,
+    BlockSpec,
+    MlpSpec,
+    ResidualStream,
+    Structure,
+)
 from vitslim.weights import fetch, load_into, read_state_dict
 
 INSTALL = "SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'vitslim[sam2]'"
