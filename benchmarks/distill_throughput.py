@@ -53,13 +53,18 @@ def main() -> None:
 
     # naive loop
     opt = torch.optim.AdamW(enc_s.parameters(), lr=1e-4)
-    enc_s(x[:1].to(args.device)).sum().backward()  # warm-up
+    def mse(a, b):  # over the family's output features (SAM 2: the FPN levels)
+        return sum(F.mse_loss(s, t) for s, t in zip(family.output_features(a), family.output_features(b)))
+
+    with torch.no_grad():
+        ref = enc_t(x[:1].to(args.device))
+    mse(enc_s(x[:1].to(args.device)), ref).backward()  # warm-up
     opt.zero_grad()
     _sync(args.device)
     t0 = time.perf_counter()
     for img in x.split(1):
         img = img.to(args.device)
-        loss = F.mse_loss(enc_s(img), enc_t(img))
+        loss = mse(enc_s(img), enc_t(img))
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -56,8 +56,9 @@ def measure(spec: str, mode: str, fast: bool, device: str) -> dict:
             encoder(x)
     else:
         with torch.no_grad():
-            target = teacher(x)
-        torch.nn.functional.mse_loss(encoder(x), target).backward()
+            target = family.output_features(teacher(x))
+        out = family.output_features(encoder(x))
+        sum(torch.nn.functional.mse_loss(o, t) for o, t in zip(out, target)).backward()
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kb("VmHWM") * 1024
     return {"model": spec, "mode": mode, "fast": fast, "peak_mb": (peak - base) / 2**20}
 

@@ -31,12 +31,13 @@ def row(spec: str) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | residual widths | head dims | encoder params / MACs | encoder MACs with attention | "
-             "whole model params |", "|---|---|---|---|---|---|"]
+             "whole model params / MACs |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {'/'.join(map(str, r['residual']))} | "
                      f"{'-'.join(map(str, (r['head_dims'][0], r['head_dims'][-1]))) if len(r['head_dims']) > 1 else r['head_dims'][0]} | "
                      f"{r['encoder_params'] / 1e6:.2f}M / {r['encoder_macs'] / 1e9:.1f}G | "
-                     f"{r['encoder_macs_with_attention'] / 1e9:.1f}G | {r['model_params'] / 1e6:.2f}M |")
+                     f"{r['encoder_macs_with_attention'] / 1e9:.1f}G | {r['model_params'] / 1e6:.2f}M / "
+                     f"{r['model_macs'] / 1e9:.1f}G |")
     return "\n".join(lines)
 
 

@@ -182,3 +182,13 @@ def test_onnx_export_gives_the_fpn_levels(tiny_sam2, tmp_path):
     assert [o.name for o in session.get_outputs()] == ["output_0", "output_1", "output_2"]
     for g, want in zip(got, fpn(model, x)):
         assert np.abs(g - want.numpy()).max() <= 1e-4
+
+
+def test_a_sam2_0_model_is_refused_in_one_line():
+    """SAM 2.0 shares Hiera with 2.1 but not the rest of SAM2Base: its files could not be rebuilt."""
+    from sam2.build_sam import build_sam2
+
+    model = build_sam2("configs/sam2/sam2_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=[
+        "++model.image_encoder.trunk.stages=[1,1,1,1]", "++model.image_encoder.trunk.global_att_blocks=[2]"])
+    with pytest.raises(vitslim.UsageError, match="SAM 2.0 model"):
+        family_of(model)

@@ -31,14 +31,17 @@ def module_macs(encoder: nn.Module, family: Family, model: nn.Module) -> int:
 
     Counted on a meta-device copy: shapes are all it needs, so this costs no arithmetic.
     """
+    shadow = copy.deepcopy(encoder).to("meta")
+    return count_macs(shadow, family.example_input(model, device="meta"))
+
+
+def count_macs(module: nn.Module, example: torch.Tensor) -> int:
+    """torch-pruning's ``count_ops_and_params`` MACs of ``module(example)``, quietly: the counter prints
+    a warning on stdout for a module registered twice (Hiera's shared q pool), and stdout is --json's."""
     import torch_pruning as tp
 
-    shadow = copy.deepcopy(encoder).to("meta")
-    example = family.example_input(model, device="meta")
-    # the counter prints a warning on stdout for a module registered twice (Hiera's shared q pool): keep
-    # stdout for --json
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        macs, _ = tp.utils.count_ops_and_params(shadow, example)
+        macs, _ = tp.utils.count_ops_and_params(module, example)
     return int(macs)
 
 

@@ -89,12 +89,10 @@ def stream_params_from_graph(encoder: nn.Module, structure: Structure, input_sha
     params = dict(shadow.named_parameters())
     names = {id(p): n for n, p in params.items()}
     names.update({id(m): n for n, m in shadow.named_modules()})
-    declared = {}
-    for stream in structure.streams():
-        declared.update(dict(stream.params))
-    for block in structure.blocks:
-        declared.update(dict(block.attn.head_dim_params))
-    unwrapped = [(params[n], axis) for n, axis in declared.items() if n in params and not _owner_is_layer(shadow, n)]
+    declared = [m for stream in structure.streams() for m in stream.params]
+    declared += [m for block in structure.blocks for m in block.attn.head_dim_params]
+    unwrapped = [(params[n], axis) for n, axis in dict.fromkeys(declared)
+                 if n in params and not _owner_is_layer(shadow, n)]
     dg = _build_graph(shadow, input_shape, unwrapped)
     found = []
     for stream in structure.streams():

@@ -30,8 +30,9 @@ def select(
 
     ``uniform`` keeps the same fraction of every group. ``global`` pools the groups of one kind (all
     blocks' head-dim groups, all MLP groups, ...) with each group's scores divided by their mean, so that
-    each block gets its own width; ``floor`` keeps every group from being emptied. The embedding group is
-    alone of its kind, so it is uniform by nature.
+    each block gets its own width; ``floor`` keeps every group from being emptied. A one-stream encoder's
+    embedding group is alone of its kind, so it is uniform by nature; a hierarchical encoder's streams
+    are pooled like blocks.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}: choose one of {RANKINGS}")

@@ -281,7 +281,7 @@ class SamFamily(Family):
 
     def extra_cost(self, model: nn.Module) -> tuple[int, int]:
         """Prompt encoder + mask decoder: their parameters, and MACs for one point prompt."""
-        import torch_pruning as tp
+        from vitslim.cost import count_macs
 
         params, _ = super().extra_cost(model)
         grid = model.prompt_encoder.image_embedding_size
@@ -297,7 +297,4 @@ class SamFamily(Family):
                 sparse, dense = self.sam.prompt_encoder(points=points, boxes=None, masks=None)
                 return self.sam.mask_decoder(emb, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, True)[0]
 
-        emb = torch.zeros(1, dim, *grid)
-        with torch.no_grad():
-            macs, _ = tp.utils.count_ops_and_params(_Decode(model), emb)
-        return params, int(macs)
+        return params, count_macs(_Decode(model), torch.zeros(1, dim, *grid))

@@ -9,6 +9,7 @@ memory modules are untouched.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -27,7 +28,7 @@ from vitslim.structure import (
 )
 from vitslim.weights import fetch, load_into, read_state_dict
 
-INSTALL = "SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'vitslim[sam2]'"
+INSTALL = "pip install 'setuptools>=70.1' && SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'vitslim[sam2]'"
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 # name -> (SAM 2.1 config in the sam2 package, Hiera trunk arguments, checkpoint file, its SHA-256)
 SIZES: dict[str, tuple[str, dict, str, str]] = {
@@ -82,6 +83,14 @@ def build_sam2_model(name: str, config: dict[str, Any]) -> nn.Module:
     return build_sam2(cfg_file, None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
 
 
+@functools.lru_cache(maxsize=4)
+def _transforms(size: int):
+    """SAM 2's image transforms for one input size (built once: they are TorchScript-compiled)."""
+    from sam2.utils.transforms import SAM2Transforms
+
+    return SAM2Transforms(size, mask_threshold=0.0)
+
+
 class Sam2Family(Family):
     """SAM 2 (2.1 checkpoints); the image encoder (Hiera trunk + FPN neck) is what gets compressed."""
 
@@ -122,6 +131,9 @@ class Sam2Family(Family):
             return None
         if not isinstance(model, SAM2Base):
             return None
+        if model.no_obj_embed_spatial is None:  # SAM 2.1 configs add it; a file could not rebuild this model
+            raise UsageError("this is a SAM 2.0 model: the sam2 family builds SAM 2.1 (configs/sam2.1), "
+                             "whose files it can rebuild; build the model from a SAM 2.1 config")
         trunk = model.image_encoder.trunk
         ends = trunk.stage_ends
         config = {  # block.dim / dim_out keep their built values (see set_residual_widths)
@@ -150,9 +162,8 @@ class Sam2Family(Family):
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """SAM 2's own preprocessing: resize to a square of ``image_size``, ImageNet normalisation."""
         import numpy as np
-        from sam2.utils.transforms import SAM2Transforms
 
-        return SAM2Transforms(model.image_size, mask_threshold=0.0)(np.asarray(image.convert("RGB")))
+        return _transforms(model.image_size)(np.asarray(image.convert("RGB")))
 
     def output_features(self, output: dict) -> list[torch.Tensor]:
         """The FPN levels the mask decoder reads (high-resolution maps included): ``backbone_fpn``."""
@@ -164,6 +175,35 @@ class Sam2Family(Family):
         from .predictor import Sam2Prompter
 
         return evaluate_prompts(Sam2Prompter(student), Sam2Prompter(teacher), images, annotations, overlays=overlays)
+
+    def extra_cost(self, model: nn.Module) -> tuple[int, int]:
+        """Everything outside the image encoder (prompt encoder, mask decoder, video memory modules): its
+        parameters, and the MACs of one point prompt as ``SAM2ImagePredictor`` runs it (the decoder's
+        high-resolution projections included)."""
+        from vitslim.cost import count_macs
+
+        params, _ = super().extra_cost(model)
+        grid = model.sam_image_embedding_size
+        dim = model.sam_prompt_embed_dim
+
+        class _Decode(nn.Module):
+            def __init__(self, sam):
+                super().__init__()
+                self.sam = sam
+
+            def forward(self, emb):
+                sam, decoder = self.sam, self.sam.sam_mask_decoder
+                high_res = None
+                if sam.use_high_res_features_in_sam:
+                    high_res = [decoder.conv_s0(emb.new_zeros(1, dim, 4 * grid, 4 * grid)),
+                                decoder.conv_s1(emb.new_zeros(1, dim, 2 * grid, 2 * grid))]
+                points = (emb.new_zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int))
+                sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=None)
+                return decoder(image_embeddings=emb, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                               multimask_output=True, repeat_image=False, high_res_features=high_res)[0]
+
+        return params, count_macs(_Decode(model).eval(), torch.zeros(1, dim, grid, grid))
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         attn.num_heads = num_heads
