@@ -21,7 +21,7 @@ console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)  #
 err_console = Console(stderr=True, soft_wrap=True)
 
 # -- options shared by several commands (one declaration each) ----------------------------------------
-ModelArg = Annotated[str, typer.Argument(help="A model name (sam-b, timm:vit_base_patch16_224) or a saved file.")]
+ModelArg = Annotated[str, typer.Argument(help="A model name (sam-b, sam2-b+, timm:vit_base_patch16_224) or a saved file.")]
 Ratio = Annotated[float, typer.Option("--ratio", metavar="R", help="Fraction of channels to remove, in [0, 1).")]
 Data = Annotated[Optional[str], typer.Option("--data", metavar="DIR",
                  help="Folder of images (recursive jpg/png); default: 10 scikit-image photos.")]
