@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -271,7 +272,9 @@ def main() -> None:
         get_testbed(name).teacher()
         print(f"{name}: teacher ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, initializer=_setup, initargs=(args.threads,)) as pool:
+    # spawned, not forked: a child forked from a parent that built a SAM 2 model (hydra) hangs
+    with ProcessPoolExecutor(args.jobs, initializer=_setup, initargs=(args.threads,),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         for i, row in enumerate(pool.map(run_one, todo)):
             result["runs"].append(row)
             shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.get("metrics", {}).items()}

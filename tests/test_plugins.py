@@ -17,6 +17,7 @@ def test_builtin_families_come_from_entry_points(capsys):
     assert rows["sam"]["package"].startswith("vitslim ")  # loaded from the distribution's entry point
     assert rows["timm"]["families"]["timm"][0] == "timm:<model>"
     assert rows["sam2"]["families"] == {"sam2": ["sam2-t", "sam2-s", "sam2-b+", "sam2-l"]}
+    assert rows["sam2"]["testbeds"] == ["shapes-sam2"]
     assert set(rows["vitslim.criteria"]["importances"]) == {"disturbed_taylor", "taylor", "magnitude", "random"}
     assert rows["sam"]["testbeds"] == ["shapes-sam"] and rows["timm"]["testbeds"] == ["digits-vit"]
     assert set(importances()) >= {"disturbed_taylor", "magnitude"}

@@ -11,3 +11,10 @@ from .family import Sam2Family
 @hookimpl
 def vitslim_families():
     return [Sam2Family()]
+
+
+@hookimpl
+def vitslim_testbeds():
+    from .testbed import ShapesSam2Testbed
+
+    return [ShapesSam2Testbed()]

@@ -59,6 +59,7 @@ SIZES: dict[str, tuple[str, dict, str, str]] = {
 }
 TRUNK_ARGS = ("embed_dim", "num_heads", "stages", "global_att_blocks", "window_spec", "window_pos_embed_bkg_spatial_size")
 IMG_SIZE = 1024
+D_MODEL = 256  # the neck's output width, which the prompt encoder and mask decoder work at
 
 
 def _value(v: Any) -> str:
@@ -67,8 +68,9 @@ def _value(v: Any) -> str:
 
 
 def build_sam2_model(name: str, config: dict[str, Any]) -> nn.Module:
-    """A ``SAM2Base`` from ``name``'s SAM 2.1 config with ``config``'s trunk arguments and ``img_size``
-    (the neck follows the trunk's stage widths); random weights, on the CPU, in eval mode."""
+    """A ``SAM2Base`` from ``name``'s SAM 2.1 config with ``config``'s trunk arguments, ``img_size`` and
+    ``d_model`` (the neck's output width and so the decoder's; small test models); the neck follows the
+    trunk's stage widths. Random weights, on the CPU, in eval mode."""
     try:
         from sam2.build_sam import build_sam2
     except ImportError:
@@ -80,6 +82,9 @@ def build_sam2_model(name: str, config: dict[str, Any]) -> nn.Module:
     overrides.append("++model.image_encoder.neck.backbone_channel_list="
                      + _value([trunk["embed_dim"] * 2 ** i for i in reversed(range(stages))]))
     overrides.append(f"++model.image_size={config.get('img_size', IMG_SIZE)}")
+    if config.get("d_model", D_MODEL) != D_MODEL:
+        overrides += [f"++model.image_encoder.neck.d_model={config['d_model']}",
+                      f"++model.image_encoder.neck.position_encoding.num_pos_feats={config['d_model']}"]
     return build_sam2(cfg_file, None, device="cpu", mode="eval", hydra_overrides_extra=overrides)
 
 
@@ -105,7 +110,7 @@ class Sam2Family(Family):
     def create(self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any):
         if name not in SIZES:
             raise UsageError(f"unknown SAM 2 size '{name}': choose one of {', '.join(SIZES)}")
-        unknown = set(config) - set(TRUNK_ARGS) - {"img_size"}
+        unknown = set(config) - set(TRUNK_ARGS) - {"img_size", "d_model"}
         if unknown:
             raise UsageError(f"unknown SAM 2 encoder argument(s): {', '.join(sorted(unknown))}")
         weights, source = None, None  # read (or download) first: a bad file fails before SAM 2 is built
@@ -141,12 +146,14 @@ class Sam2Family(Family):
             "stages": [e - s for e, s in zip(ends, [-1, *ends[:-1]])],
             "global_att_blocks": list(trunk.global_att_blocks), "window_spec": list(trunk.window_spec),
             "window_pos_embed_bkg_spatial_size": list(trunk.window_pos_embed_bkg_spatial_size),
-            "img_size": model.image_size,
+            "img_size": model.image_size, "d_model": model.hidden_dim,
         }
+        defaults = {"img_size": IMG_SIZE, "d_model": D_MODEL}
+        extra = {k: v for k, v in config.items() if k in defaults and v != defaults[k]}
         for name, (_, base, _, _) in SIZES.items():
             if all(config[k] == v for k, v in base.items()):
-                return name, ({"img_size": config["img_size"]} if config["img_size"] != IMG_SIZE else {})
-        return "sam2-t", {k: v for k, v in config.items() if k != "img_size" or v != IMG_SIZE}
+                return name, extra
+        return "sam2-t", {**{k: v for k, v in config.items() if k not in defaults}, **extra}
 
     def encoder(self, model: nn.Module) -> nn.Module:
         return model.image_encoder

@@ -1,0 +1,143 @@
+"""The shapes testbed for SAM 2: a small SAM 2 (Hiera trunk, FPN neck, SAM 2's prompt encoder and mask
+decoder with its high-resolution features) trained on the generated scenes of the SAM testbed.
+
+The trunk has 4 stages of widths 32/64/128/256 (1/2/3/1 blocks, windows of 8 and 4, two global blocks,
+q pooling at each stage change) at 256x256; the neck and decoder work at width 64. It is trained end to
+end on point and box prompts (BCE + dice, single-mask output) and scored by ``vitslim eval``'s protocol
+through ``SAM2ImagePredictor``, with SAM 2's fallback to its multimask outputs turned off (this decoder
+is trained for single masks only).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitslim.data import load_image
+from vitslim_sam.rle import rle_to_mask
+from vitslim_sam.testbed import DATA_VERSION, N_TEST, N_TRAIN, SIZE, ShapesTestbed, _dice_bce, _prompts
+
+CONFIG = {"embed_dim": 32, "num_heads": 1, "stages": [1, 2, 3, 1], "global_att_blocks": [2, 5],
+          "window_spec": [8, 4, 8, 4], "window_pos_embed_bkg_spatial_size": [4, 4], "d_model": 64}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # SAM 2's normalisation of [0, 1] images
+
+
+def image_features(model: nn.Module, embedding: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What ``SAM2ImagePredictor`` gives the decoder from the image encoder's output: the lowest level plus
+    the no-memory embedding, and the high-resolution levels through the decoder's projections."""
+    fpn = embedding["backbone_fpn"]
+    low = fpn[-1]
+    if model.directly_add_no_mem_embed:
+        low = low + model.no_mem_embed.view(1, -1, 1, 1)
+    decoder = model.sam_mask_decoder
+    return low, [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])]
+
+
+def _mask_loss(model: nn.Module, low: torch.Tensor, high: list[torch.Tensor], records: list[dict], k: int,
+               gen: torch.Generator | None) -> torch.Tensor:
+    """BCE + dice of single masks for ``k`` annotations of one image, each prompted by a point inside it
+    and by its box (a box as SAM 2's predictor gives it: two corner points, labels 2 and 3)."""
+    pick = torch.randperm(len(records), generator=gen)[:k].tolist() if gen is not None else list(range(min(k, len(records))))
+    gt = torch.from_numpy(np.stack([rle_to_mask(records[j]["segmentation"]) for j in pick]))
+    if gen is not None:
+        points, boxes = _prompts(gt, gen)
+    else:
+        points = torch.tensor([records[j]["point_coords"] for j in pick], dtype=torch.float32)
+        boxes = torch.tensor([[x, y, x + w - 1, y + h - 1] for x, y, w, h in (records[j]["bbox"] for j in pick)],
+                             dtype=torch.float32)
+    n = len(pick)
+    prompts = [(points, torch.ones(n, 1, dtype=torch.int)),
+               (boxes.view(n, 2, 2), torch.tensor([[2, 3]], dtype=torch.int).repeat(n, 1))]
+    pe = model.sam_prompt_encoder.get_dense_pe()
+    logits = []
+    for coords, labels in prompts:
+        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        masks = model.sam_mask_decoder(image_embeddings=low, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                       dense_prompt_embeddings=dense, multimask_output=False, repeat_image=True,
+                                       high_res_features=high)[0]
+        logits.append(F.interpolate(masks, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+    return _dice_bce(torch.cat(logits), gt.float().repeat(2, 1, 1))
+
+
+class ShapesSam2Testbed(ShapesTestbed):
+    """The SAM testbed's scenes and metrics, for a SAM 2 teacher (``sam2-t`` with :data:`CONFIG`)."""
+
+    name = "shapes-sam2"
+    metric = "miou_box_vs_gt"
+
+    def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root=None, size: int = SIZE):
+        super().__init__(n_train, n_test, root, size)
+        self.config = {**CONFIG, "img_size": size}
+        self.recipe = {"steps": 3000, "batch_size": 8, "masks_per_image": 4, "lr": 1e-3, "weight_decay": 0.01,
+                       "n_train": n_train, "size": size, "data": DATA_VERSION, "family": "sam2"}
+
+    @staticmethod
+    def _preprocess(images: torch.Tensor) -> torch.Tensor:
+        """SAM 2's normalisation of (N, H, W, 3) uint8 images already at the encoder's size."""
+        mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+        return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+    def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+        import vitslim
+
+        r = {**self.recipe, **recipe}
+        images, anns = self.split("train")
+        torch.manual_seed(seed)
+        model = vitslim.create("sam2-t", pretrained=False, **self.config)
+        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["steps"],
+                                                    pct_start=max(0.05, 2 / r["steps"]))
+        gen = torch.Generator().manual_seed(seed + 1)
+        model.train()
+        for step in range(r["steps"]):
+            idx = torch.randint(len(images), (r["batch_size"],), generator=gen)
+            low, high = image_features(model, model.image_encoder(self._preprocess(images[idx])))
+            loss = sum(_mask_loss(model, low[b:b + 1], [h[b:b + 1] for h in high], anns[i], r["masks_per_image"], gen)
+                       for b, i in enumerate(idx.tolist())) / len(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress is not None:
+                progress(step + 1, r["steps"])
+        return model.eval()
+
+    def supervised_loss(self, teacher: nn.Module):
+        """The teacher's decoder on the encoder's output, each image's first four annotations prompted by
+        their point and box: BCE + dice against their masks."""
+        from vitslim.testbed import LabelLookup
+
+        images, anns = self.split("train")
+        chunks = (self.train_images(torch.arange(i, min(i + 50, len(images)))) for i in range(0, len(images), 50))
+        lookup = LabelLookup((x for chunk in chunks for x in chunk), anns)
+
+        def loss(output: dict, inputs: torch.Tensor) -> torch.Tensor:
+            low, high = image_features(teacher, output)
+            return sum(_mask_loss(teacher, low[b:b + 1], [h[b:b + 1] for h in high], records, 4, None)
+                       for b, records in enumerate(lookup(inputs))) / len(inputs)
+
+        return loss
+
+    def score(self, student: nn.Module, teacher: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
+        """``vitslim eval``'s protocol on the held-out scenes through ``SAM2ImagePredictor`` (single masks)."""
+        from vitslim_sam.evaluate import evaluate_prompts
+
+        from .predictor import Sam2Prompter
+
+        def prompter(model):
+            model = copy.deepcopy(model).eval()
+            model.sam_mask_decoder.dynamic_multimask_via_stability = False
+            return Sam2Prompter(model)
+
+        files = sorted(self.folder("test").glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))[:limit]
+        result = evaluate_prompts(prompter(student), prompter(teacher if teacher is not None else student),
+                                  [load_image(f) for f in files], [f.with_suffix(".json") for f in files])
+        keys = ["miou_point_vs_gt", "miou_box_vs_gt"]
+        if teacher is not None:
+            keys += ["miou_point_vs_teacher", "miou_box_vs_teacher"]
+        return {k: result[k] for k in keys}
