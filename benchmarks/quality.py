@@ -5,7 +5,7 @@
         [--set KEY=VALUE ...] [--jobs 2] [--json quality.json]
 
 Every installed testbed (``vitslim.testbed``: the digits ViT from the timm plugin, the shapes SAM from
-the SAM plugin) gives a teacher trained here on real or generated data (cached after the first run).
+the SAM plugin, the shapes SAM 2 from the SAM 2 plugin) gives a teacher trained here on real or generated data (cached after the first run).
 Sections:
 
 - ``teacher``: the teacher's own held-out metrics, and how long it took to train.
