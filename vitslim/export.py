@@ -36,8 +36,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, batc
     encoder = family.encoder(model).eval()
     x = family.example_input(model, batch=batch, device=next(encoder.parameters()).device)
     wrapped = _OutputFeatures(encoder, family).eval()
-    with torch.no_grad():
-        n = len(wrapped(x))
+    from .graph import meta_shadow
+
+    with torch.no_grad():  # how many outputs, counted on the meta device (no arithmetic)
+        n = len(_OutputFeatures(meta_shadow(encoder), family)(x.to("meta")))
     names = ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
     def write(tmp: str) -> None:
