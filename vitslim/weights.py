@@ -116,3 +116,12 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, Any], source: str) -
             f"unexpected keys, e.g. {what})"
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_whole_or_part(model: torch.nn.Module, part: str, state_dict: dict[str, Any], source: str) -> None:
+    """:func:`load_into` ``model``, or only its submodule ``part`` when no key of ``state_dict`` starts
+    with ``part`` (a checkpoint of the encoder alone, say)."""
+    if any(k.startswith(f"{part}.") for k in state_dict):
+        load_into(model, state_dict, source)
+    else:
+        load_into(model.get_submodule(part), state_dict, source)

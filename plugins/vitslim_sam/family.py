@@ -13,7 +13,7 @@ from vitslim import Family
 from vitslim.errors import UsageError
 from vitslim.info import set_info
 from vitslim.structure import AttentionSpec, BlockSpec, MlpSpec, Structure
-from vitslim.weights import fetch, load_into, read_state_dict
+from vitslim.weights import fetch, load_whole_or_part, read_state_dict
 
 from .hf import (config_from_hf, fold_attention_scales, from_hf, is_hf_state_dict, read_hf_checkpoint,
                  widths_from_state_dict)
@@ -122,7 +122,7 @@ class SamFamily(Family):
             self._fit_widths(model, weights)  # a pruned checkpoint (SlimSAM's, vitslim's) has its own widths
             if checkpoint is not None and from_transformers:
                 weights = fold_attention_scales(weights, _hf_scales(model), [b.attn.scale for b in model.image_encoder.blocks])
-            self._load(model, weights, source)
+            load_whole_or_part(model, "image_encoder", weights, source)
         set_info(model, self.name, name, config)
         return model
 
@@ -137,14 +137,6 @@ class SamFamily(Family):
         structure = self.describe(model)
         if widths is not None and len(widths["blocks"]) == len(structure.blocks) and widths != structure.widths():
             apply_widths(self.encoder(model), structure, widths, self)
-
-    @staticmethod
-    def _load(model: nn.Module, state_dict: dict, source: str) -> None:
-        """Load a whole-``Sam`` state dict, or an image-encoder-only one."""
-        if not any(k.startswith("image_encoder.") for k in state_dict):
-            load_into(model.image_encoder, state_dict, source)
-        else:
-            load_into(model, state_dict, source)
 
     def open_folder(self, folder) -> nn.Module | None:
         """A transformers ``SamModel`` folder (``config.json`` with model_type sam): SAM-B, -L or -H by its

@@ -135,13 +135,31 @@ class ShapesTestbed(Testbed):
         std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
         return (images.permute(0, 3, 1, 2).float() - mean) / std
 
-    def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+    def create_model(self) -> nn.Module:
+        """The untrained teacher (a subclass may build another family's model)."""
         import vitslim
 
+        return vitslim.create("sam-b", pretrained=False, **self.config)
+
+    def batch_loss(self, model: nn.Module, output: Any, records: list[list[dict]], k: int,
+                   gen: torch.Generator | None, bce_weight: float = 1.0) -> torch.Tensor:
+        """Mean over a batch of the mask loss of ``model``'s decoder on the encoder's ``output``, for ``k``
+        annotations of each image (``records``: each image's annotations)."""
+        pe = model.prompt_encoder.get_dense_pe()
+        return sum(_mask_loss(model, output[b:b + 1], pe, recs, k, gen, bce_weight)
+                   for b, recs in enumerate(records)) / len(records)
+
+    def prompter(self, model: nn.Module):
+        """What scoring predicts masks with (see :func:`vitslim_sam.evaluate.evaluate_prompts`)."""
+        from .evaluate import SamPrompter
+
+        return SamPrompter(model)
+
+    def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
         r = {**self.recipe, **recipe}
         images, anns = self.split("train")
         torch.manual_seed(seed)
-        model = vitslim.create("sam-b", pretrained=False, **self.config)
+        model = self.create_model()
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["steps"],
                                                     pct_start=max(0.05, 2 / r["steps"]))
@@ -149,11 +167,9 @@ class ShapesTestbed(Testbed):
         model.train()
         for step in range(r["steps"]):
             idx = torch.randint(len(images), (r["batch_size"],), generator=gen)
-            emb = model.image_encoder(self._preprocess(images[idx]))
-            pe = model.prompt_encoder.get_dense_pe()
-            loss = sum(_mask_loss(model, emb[b:b + 1], pe, anns[i], r["masks_per_image"], gen, r.get("bce_weight", 1.0))
-                       for b, i in enumerate(idx.tolist()))
-            loss = loss / len(idx)
+            output = model.image_encoder(self._preprocess(images[idx]))
+            loss = self.batch_loss(model, output, [anns[i] for i in idx.tolist()], r["masks_per_image"], gen,
+                                   r.get("bce_weight", 1.0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,24 +186,22 @@ class ShapesTestbed(Testbed):
         images, anns = self.split("train")
         chunks = (self.train_images(torch.arange(i, min(i + 50, len(images)))) for i in range(0, len(images), 50))
         lookup = LabelLookup((x for chunk in chunks for x in chunk), anns)
-        pe = teacher.prompt_encoder.get_dense_pe()
 
-        def loss(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-            return sum(_mask_loss(teacher, output[b:b + 1], pe, records, 4, None)
-                       for b, records in enumerate(lookup(inputs))) / len(inputs)
+        def loss(output: Any, inputs: torch.Tensor) -> torch.Tensor:
+            return self.batch_loss(teacher, output, lookup(inputs), 4, None)
 
         return loss
 
     def score(self, student: nn.Module, teacher: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
         """``vitslim eval``'s protocol on the held-out scenes: prompts from the teacher's masks (vs
         teacher), and each annotation's point and box (vs ground truth)."""
-        from .evaluate import evaluate_sam
+        from .evaluate import evaluate_prompts
 
         root = self.folder("test")
         files = sorted(root.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))[:limit]
         images = [load_image(f) for f in files]
-        result = evaluate_sam(student, teacher if teacher is not None else student, images,
-                              [f.with_suffix(".json") for f in files])
+        result = evaluate_prompts(self.prompter(student), self.prompter(teacher if teacher is not None else student),
+                                  images, [f.with_suffix(".json") for f in files])
         keys = ["miou_point_vs_gt", "miou_box_vs_gt"]
         if teacher is not None:
             keys += ["miou_point_vs_teacher", "miou_box_vs_teacher"]

@@ -26,7 +26,7 @@ from vitslim.structure import (
     ResidualStream,
     Structure,
 )
-from vitslim.weights import fetch, load_into, read_state_dict
+from vitslim.weights import fetch, load_whole_or_part, read_state_dict
 
 INSTALL = "pip install 'setuptools>=70.1' && SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'vitslim[sam2]'"
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -122,10 +122,7 @@ class Sam2Family(Family):
             weights, source = read_state_dict(path), str(path)
         model = build_sam2_model(name, config)
         if weights is not None:
-            if any(k.startswith("image_encoder.") for k in weights):
-                load_into(model, weights, source)
-            else:  # an image-encoder-only state dict
-                load_into(model.image_encoder, weights, source)
+            load_whole_or_part(model, "image_encoder", weights, source)
         set_info(model, self.name, name, config)
         return model
 

@@ -11,16 +11,21 @@ is trained for single masks only).
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vitslim.data import load_image
 from vitslim_sam.rle import rle_to_mask
-from vitslim_sam.testbed import DATA_VERSION, N_TEST, N_TRAIN, SIZE, ShapesTestbed, _dice_bce, _prompts
+from vitslim_sam.testbed import (
+    DATA_VERSION,
+    N_TEST,
+    N_TRAIN,
+    SIZE,
+    ShapesTestbed,
+    _dice_bce,
+    _prompts,
+)
 
 CONFIG = {"embed_dim": 32, "num_heads": 1, "stages": [1, 2, 3, 1], "global_att_blocks": [2, 5],
           "window_spec": [8, 4, 8, 4], "window_pos_embed_bkg_spatial_size": [4, 4], "d_model": 64}
@@ -39,7 +44,7 @@ def image_features(model: nn.Module, embedding: dict) -> tuple[torch.Tensor, lis
 
 
 def _mask_loss(model: nn.Module, low: torch.Tensor, high: list[torch.Tensor], records: list[dict], k: int,
-               gen: torch.Generator | None) -> torch.Tensor:
+               gen: torch.Generator | None, bce_weight: float = 1.0) -> torch.Tensor:
     """BCE + dice of single masks for ``k`` annotations of one image, each prompted by a point inside it
     and by its box (a box as SAM 2's predictor gives it: two corner points, labels 2 and 3)."""
     pick = torch.randperm(len(records), generator=gen)[:k].tolist() if gen is not None else list(range(min(k, len(records))))
@@ -61,7 +66,7 @@ def _mask_loss(model: nn.Module, low: torch.Tensor, high: list[torch.Tensor], re
                                        dense_prompt_embeddings=dense, multimask_output=False, repeat_image=True,
                                        high_res_features=high)[0]
         logits.append(F.interpolate(masks, size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
-    return _dice_bce(torch.cat(logits), gt.float().repeat(2, 1, 1))
+    return _dice_bce(torch.cat(logits), gt.float().repeat(2, 1, 1), bce_weight)
 
 
 class ShapesSam2Testbed(ShapesTestbed):
@@ -82,62 +87,22 @@ class ShapesSam2Testbed(ShapesTestbed):
         mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
         return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
 
-    def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+    def create_model(self) -> nn.Module:
         import vitslim
 
-        r = {**self.recipe, **recipe}
-        images, anns = self.split("train")
-        torch.manual_seed(seed)
-        model = vitslim.create("sam2-t", pretrained=False, **self.config)
-        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["steps"],
-                                                    pct_start=max(0.05, 2 / r["steps"]))
-        gen = torch.Generator().manual_seed(seed + 1)
-        model.train()
-        for step in range(r["steps"]):
-            idx = torch.randint(len(images), (r["batch_size"],), generator=gen)
-            low, high = image_features(model, model.image_encoder(self._preprocess(images[idx])))
-            loss = sum(_mask_loss(model, low[b:b + 1], [h[b:b + 1] for h in high], anns[i], r["masks_per_image"], gen)
-                       for b, i in enumerate(idx.tolist())) / len(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress is not None:
-                progress(step + 1, r["steps"])
-        return model.eval()
+        return vitslim.create("sam2-t", pretrained=False, **self.config)
 
-    def supervised_loss(self, teacher: nn.Module):
-        """The teacher's decoder on the encoder's output, each image's first four annotations prompted by
-        their point and box: BCE + dice against their masks."""
-        from vitslim.testbed import LabelLookup
+    def batch_loss(self, model: nn.Module, output: dict, records: list[list[dict]], k: int,
+                   gen: torch.Generator | None, bce_weight: float = 1.0) -> torch.Tensor:
+        """As SAM's, on the decoder inputs ``SAM2ImagePredictor`` makes of the encoder's dict output."""
+        low, high = image_features(model, output)
+        return sum(_mask_loss(model, low[b:b + 1], [h[b:b + 1] for h in high], recs, k, gen, bce_weight)
+                   for b, recs in enumerate(records)) / len(records)
 
-        images, anns = self.split("train")
-        chunks = (self.train_images(torch.arange(i, min(i + 50, len(images)))) for i in range(0, len(images), 50))
-        lookup = LabelLookup((x for chunk in chunks for x in chunk), anns)
-
-        def loss(output: dict, inputs: torch.Tensor) -> torch.Tensor:
-            low, high = image_features(teacher, output)
-            return sum(_mask_loss(teacher, low[b:b + 1], [h[b:b + 1] for h in high], records, 4, None)
-                       for b, records in enumerate(lookup(inputs))) / len(inputs)
-
-        return loss
-
-    def score(self, student: nn.Module, teacher: nn.Module | None = None, limit: int | None = None) -> dict[str, float]:
-        """``vitslim eval``'s protocol on the held-out scenes through ``SAM2ImagePredictor`` (single masks)."""
-        from vitslim_sam.evaluate import evaluate_prompts
-
+    def prompter(self, model: nn.Module):
+        """``SAM2ImagePredictor`` on a copy of ``model`` without the fallback to multimask outputs."""
         from .predictor import Sam2Prompter
 
-        def prompter(model):
-            model = copy.deepcopy(model).eval()
-            model.sam_mask_decoder.dynamic_multimask_via_stability = False
-            return Sam2Prompter(model)
-
-        files = sorted(self.folder("test").glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))[:limit]
-        result = evaluate_prompts(prompter(student), prompter(teacher if teacher is not None else student),
-                                  [load_image(f) for f in files], [f.with_suffix(".json") for f in files])
-        keys = ["miou_point_vs_gt", "miou_box_vs_gt"]
-        if teacher is not None:
-            keys += ["miou_point_vs_teacher", "miou_box_vs_teacher"]
-        return {k: result[k] for k in keys}
+        model = copy.deepcopy(model).eval()
+        model.sam_mask_decoder.dynamic_multimask_via_stability = False
+        return Sam2Prompter(model)
