@@ -1,13 +1,17 @@
-"""Run by test_ddp under torchrun: each rank does a short compression; rank 0 saves the weights."""
+"""Run by test_ddp under torchrun: each rank does a short compression; rank 0 saves the weights.
+
+``argv``: the output file, then a mode: ``run`` (default), ``stop`` (rank 1 alone is sent SIGTERM after
+the first epoch; every rank must stop at the same step) or ``resume`` (continue the stopped run)."""
 
 import os
+import signal
 import sys
 
 import torch
 import torch.distributed as dist
 
 
-def compress_once(lr: float = 1e-3) -> dict:
+def compress_once(lr: float = 1e-3, epochs: int = 1, **kw) -> dict:
     import vitslim
 
     from tests.conftest import TINY_TIMM
@@ -19,14 +23,31 @@ def compress_once(lr: float = 1e-3) -> dict:
     # augmented views are drawn per process (mixup partners come from each process's share of the
     # batch), so the equality of 2 processes and 1 holds for the plain images; uniform ranking keeps the
     # widths independent of training, so runs with other learning rates can be compared
-    out = vitslim.compress(model, 0.5, data=x, epochs=1, batch_size=4, lr=lr, importance_batches=1,
-                           augment="none", ranking="uniform", progress=False, workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"))
+    out = vitslim.compress(model, 0.5, data=x, epochs=epochs, batch_size=4, lr=lr, importance_batches=1,
+                           augment="none", ranking="uniform", progress=False,
+                           workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"), **kw)
     return {k: v.clone() for k, v in out.state_dict().items()}
+
+
+def _sigterm_rank_1(record) -> None:
+    if dist.get_rank() == 1 and record["stage"] == "embedding" and record["epoch"] == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    state = compress_once()  # vitslim joins the process group torchrun describes
+    mode = sys.argv[2] if len(sys.argv) > 2 else "run"
+    if mode == "run":
+        state = compress_once()  # vitslim joins the process group torchrun describes
+    else:
+        from vitslim.compression import Preempted
+
+        try:
+            state = compress_once(epochs=2, checkpoint_every=1e9, resume=mode == "resume",
+                                  on_epoch=_sigterm_rank_1 if mode == "stop" else None)
+        except Preempted as exc:
+            print(f"rank {dist.get_rank()}: {exc}", flush=True)
+            sys.exit(exc.exit_code)
     assert dist.is_initialized() and dist.get_world_size() == int(os.environ["WORLD_SIZE"])
     if dist.get_rank() == 0:
         torch.save(state, sys.argv[1])

@@ -8,9 +8,9 @@ from typing import Any, Callable
 from torch import nn
 
 from .engine.options import split_options
-from .engine.run import CompressionResult, Interrupted, run
+from .engine.run import CompressionResult, Interrupted, Preempted, run
 
-__all__ = ["compress", "compress_run", "CompressionResult", "Interrupted"]
+__all__ = ["compress", "compress_run", "CompressionResult", "Interrupted", "Preempted"]
 
 
 def compress_run(model: nn.Module, ratio: float, data: Any = None, *, workdir: str | os.PathLike | None = None,

@@ -21,3 +21,13 @@ class ModelFileError(VitslimError):
 
 class WeightsError(VitslimError):
     """Weights that cannot be downloaded, verified or loaded."""
+
+
+class NonFiniteError(VitslimError):
+    """A NaN or infinity where a number must be finite: a diverged loss or gradient, importance scores,
+    weights after pruning. Nothing non-finite is ever written."""
+
+
+class WriteError(VitslimError):
+    """A file that could not be written (disk full, read-only folder, an I/O error midway); the target
+    is left as it was."""

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from . import criteria as C
-from .errors import UsageError
+from .errors import NonFiniteError, UsageError
+from .finite import finite, first_nonfinite
 from .graph import checked_stream_params
 from .groups import ATTENTION_MODES, PARTS, ChannelGroup, build_groups
 from .info import add_history, get_info
@@ -117,6 +118,9 @@ def plan(
         s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten().cpu()
         if s.numel() != g.size:
             raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
+        if not finite(s):
+            raise NonFiniteError(f"the {crit.name} importance of {g.name} is not finite: the model's weights or "
+                                 f"the calibration images hold NaN or infinity; nothing was pruned")
         scores[g.name] = s
     keep = select(groups, scores, ratio, ranking, round_to)
     return PruningPlan(structure, groups, scores, keep, crit, time.perf_counter() - t0)
@@ -161,6 +165,10 @@ def prune(
     t1 = time.perf_counter()
     remove_channels(model, family, p.structure, p.groups, p.keep)
     surgery_s = time.perf_counter() - t1
+    bad = first_nonfinite(family.encoder(model))
+    if bad is not None:
+        raise NonFiniteError(f"the pruned model's {bad} is not finite (so was the model's before pruning): "
+                             f"nothing was written")
     if get_info(model) is not None:
         add_history(model, {
             "step": "prune", "part": part, "ratio": ratio, "criterion": p.criterion.describe(),

@@ -100,9 +100,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    from ..modelfile import atomic_write
+    from ..modelfile import atomic_write, torch_save
 
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch_save(payload, tmp))
 
 
 def load_checkpoint(workdir: Path, identity: dict) -> dict:
@@ -160,7 +160,8 @@ class WorkdirLock:
 
 class Checkpointer:
     """Writes the run's checkpoint at the end of an epoch when ``every`` seconds have passed since the
-    last one, or when asked (a stage's last epoch); only on rank 0."""
+    last one, or when asked (a stage's last epoch, a stop signal midway through an epoch); only on rank
+    0. A state with non-finite weights is never written: the last good checkpoint stays."""
 
     def __init__(self, workdir: Path, identity: dict, every: float, enabled: bool = True):
         import time
@@ -171,14 +172,53 @@ class Checkpointer:
         self.enabled = enabled
         self.saved_at = time.perf_counter()
         self.last: tuple[int, int] | None = None  # (stage, epoch) of the checkpoint this run wrote or resumed
+        self.within: tuple[int, int] | None = None  # (batch, batches) when that checkpoint is inside an epoch
 
     def maybe_save(self, stage: int, epoch: int, force: bool, state: Callable[[], dict]) -> None:
         """Write ``state()`` (built only when a checkpoint is due) with the RNG and the run's identity."""
         import time
 
-        if not self.enabled or not (force or time.perf_counter() - self.saved_at >= self.every):
+        if not (force or (self.enabled and time.perf_counter() - self.saved_at >= self.every)):
             return
-        save_checkpoint(self.path, {"identity": self.identity, "stage": stage, "epoch": epoch,
-                                    "rng": rng_state(), **state()})
+        if self.enabled:
+            self._write({"stage": stage, "epoch": epoch, "partial": None}, state())
+        self.last, self.within = (stage, epoch), None  # other ranks know the forced ones rank 0 writes
+
+    def save_within(self, stage: int, epoch: int, partial: dict, state: dict, batches: int) -> None:
+        """Write a checkpoint in the middle of ``epoch`` (``partial``: batches done and running sums)."""
+        if self.enabled:
+            self._write({"stage": stage, "epoch": epoch - 1, "partial": {**partial, "batches": batches}}, state)
+        self.last, self.within = (stage, epoch), (partial["batch"], batches)
+
+    def _write(self, where: dict, state: dict) -> None:
+        import time
+
+        from ..errors import NonFiniteError
+        from ..finite import finite
+
+        for key in ("student", "previous"):
+            if state.get(key) is not None:
+                bad = next((k for k, t in state[key]["state_dict"].items()
+                            if (t.is_floating_point() or t.is_complex()) and not finite(t)), None)
+                if bad is not None:
+                    raise NonFiniteError(f"diverged: the {key} model's {bad} is not finite; the last good "
+                                         f"checkpoint ({self.path}) is kept: try a lower --lr")
+        save_checkpoint(self.path, {"identity": self.identity, **where, "rng": rng_state(), **state})
         self.saved_at = time.perf_counter()
-        self.last = (stage, epoch)
+
+    def resumed(self, state: dict) -> None:
+        """Remember the checkpoint a resumed run starts from (so that a new stop can name it)."""
+        partial = state.get("partial")
+        if partial is None:
+            self.last, self.within = (state["stage"], state["epoch"]), None
+        else:
+            self.last, self.within = (state["stage"], state["epoch"] + 1), (partial["batch"], partial["batches"])
+
+    def describe_last(self) -> str | None:
+        """Where the last checkpoint stands, in words (None if there is none)."""
+        if self.last is None:
+            return None
+        stage, epoch = self.last
+        if self.within is not None:
+            return f"stage {stage + 1} epoch {epoch + 1} batch {self.within[0]}/{self.within[1]}"
+        return f"stage {stage + 1} epoch {epoch + 1}"

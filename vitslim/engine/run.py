@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..errors import UsageError, VitslimError
+from ..errors import NonFiniteError, UsageError, VitslimError
+from ..finite import first_nonfinite
+from .faults import StopRequest, StopSignals
 from .checkpoint import (CHECKPOINT, Checkpointer, WorkdirLock, default_workdir, load_checkpoint, run_identity,
                          set_rng_state)
 from .options import PruneOptions, TrainOptions
@@ -32,6 +34,15 @@ class Interrupted(VitslimError):
     def __init__(self, message: str, checkpoint: Path | None = None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class Preempted(Interrupted):
+    """The run was asked to stop by a signal (SIGTERM, SIGUSR1): it finished its optimizer step, wrote
+    a checkpoint and stopped. ``exit_code`` is 128 + the signal's number (143 for SIGTERM)."""
+
+    def __init__(self, message: str, checkpoint: Path | None, exit_code: int):
+        super().__init__(message, checkpoint)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -134,15 +145,21 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         if opts.fast:  # the family's fused attention: same outputs and gradients, less time and memory
             original = family.optimize(copy.deepcopy(original))
         checkpointer = Checkpointer(workdir, identity, checkpoint_every, enabled=rank == 0)
+        signals = StopSignals()
         shared = RunState(family, original, Subset(dataset, train_idx), Subset(dataset, val_idx), steps_per_epoch,
-                          prune, opts, checkpointer, ui, family.optimize if opts.fast else (lambda m: m), on_epoch)
+                          prune, opts, checkpointer, ui, family.optimize if opts.fast else (lambda m: m), on_epoch,
+                          stop=signals, stop_error=lambda: _preempted(checkpointer, workdir, signals.request))
         started = time.perf_counter()
         try:
-            with frozen(original):
+            with frozen(original), signals:
                 final = _stages(shared, stages, state)
         except KeyboardInterrupt:
             raise _interrupted(checkpointer, workdir) from None
         seconds = time.perf_counter() - started
+        bad = first_nonfinite(final)
+        if bad is not None:
+            raise NonFiniteError(f"diverged: the student's {bad} is not finite; the output was not written: "
+                                 f"try a lower --lr")
     from ..info import add_history
 
     add_history(final, {"step": "distill", "ratio": ratio, **opts.describe(), "importance": prune.describe()["importance"],
@@ -165,7 +182,7 @@ def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
     current, first = run.original, 0
     if state is not None:
         run.history.extend(state["history"])
-        run.checkpointer.last = (state["stage"], state["epoch"])
+        run.checkpointer.resumed(state)
         first = state["stage"]
         if state["previous"] is not None:
             current = run.speed(from_payload(state["previous"])).to(run.train.device).eval()
@@ -182,6 +199,13 @@ def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
 def _interrupted(checkpointer: Checkpointer, workdir: Path) -> Interrupted:
     if checkpointer.last is None:
         return Interrupted("interrupted before the first checkpoint: nothing was kept to resume")
-    stage, epoch = checkpointer.last
-    return Interrupted(f"interrupted: the checkpoint after stage {stage + 1} epoch {epoch + 1} is kept in "
+    return Interrupted(f"interrupted: the checkpoint after {checkpointer.describe_last()} is kept in "
                        f"{workdir}; continue with --resume", workdir)
+
+
+def _preempted(checkpointer: Checkpointer, workdir: Path, request: StopRequest) -> Preempted:
+    if checkpointer.last is None:
+        return Preempted(f"stopped by {request.signal} before the first checkpoint: nothing was kept to resume",
+                         None, request.exit_code)
+    return Preempted(f"stopped by {request.signal}: the checkpoint at {checkpointer.describe_last()} is kept in "
+                     f"{workdir}; continue with --resume", workdir, request.exit_code)

@@ -4,6 +4,7 @@ checkpoints."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,7 +16,8 @@ from .checkpoint import Checkpointer
 from .lr import LrSchedule
 from .options import PruneOptions, TrainOptions
 from .schedules import Stage
-from .trainer import StageLoss, train_epoch, validate, world
+from .faults import NonFiniteStep, divergence_error
+from .trainer import EpochPosition, StageLoss, StoppedMidEpoch, train_epoch, validate, world
 
 
 @dataclass
@@ -34,6 +36,8 @@ class RunState:
     speed: Callable[[nn.Module], nn.Module]
     on_epoch: Callable[[dict], None] | None = None
     history: list[dict] = field(default_factory=list)
+    stop: Any = None  # faults.StopSignals of the run (None: signals are not caught)
+    stop_error: Callable[[], Exception] | None = None  # what to raise once stopped and checkpointed
 
 
 def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
@@ -44,22 +48,33 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
     calib = DataLoader(run.train_set, batch_size=1, shuffle=False)
     p = run.prune
     with run.ui.bar(f"stage {index + 1}/{count} {stage.name}: importance") as tick:
+        def progress(done: int, total: int | None) -> None:  # a stop signal ends the scoring here
+            if tick is not None:
+                tick(done, total)
+            if run.stop is not None and run.stop.requested():
+                raise run.stop_error()
+
         student = prune(current, stage.ratio, part=stage.part, importance=p.importance, ranking=p.ranking,
                         data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
-                        batches=p.importance_batches, seed=run.train.seed + index, progress=tick)
+                        batches=p.importance_batches, seed=run.train.seed + index, progress=progress)
     return student.to(run.train.device)
 
 
 def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module,
               resume: dict | None = None) -> nn.Module:
-    """Prune and distil stage ``index``; ``resume`` (a checkpoint inside this stage) continues it."""
+    """Prune and distil stage ``index``; ``resume`` (a checkpoint inside this stage) continues it, at an
+    epoch's end or, after a stop signal, midway through an epoch."""
     stage = stages[index]
     opts = run.train
+    position = None
     if resume is not None:
         from ..modelfile import from_payload
 
         student = run.speed(from_payload(resume["student"])).to(opts.device)
         first_epoch = resume["epoch"] + 1
+        if resume.get("partial") is not None:
+            done = resume["partial"]
+            position = EpochPosition(done["batch"], done["sums"], done["steps"], rng=resume["rng"])
     else:
         student = prune_for_stage(run, current, stage, index, len(stages))
         first_epoch = 0
@@ -79,20 +94,40 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
                      {"original": run.original, "previous": previous})
     from ..modelfile import to_payload
 
+    def state() -> dict:
+        return {"student": to_payload(student),
+                "previous": None if previous is run.original else to_payload(previous),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": run.history}
+
+    label = f"{index + 1}/{len(stages)} {stage.name}"
+    stop = run.stop.requested if run.stop is not None else None
     for epoch in range(first_epoch, stage.epochs):
-        with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick:
-            terms = train_epoch(student, trainable, loss, run.train_set, epoch, optimizer, opts, tick,
-                                scheduler.after_step)
-            val = validate(student, loss, run.val_set, epoch, opts)
+        try:
+            with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick:
+                terms = train_epoch(student, trainable, loss, run.train_set, epoch, optimizer, opts, tick,
+                                    scheduler.after_step, start=position, stop=stop)
+                val = validate(student, loss, run.val_set, epoch, opts)
+        except NonFiniteStep as bad:
+            raise divergence_error(bad.what, label, epoch, f"batch {bad.batch + 1}/{bad.batches}",
+                                   optimizer.param_groups[0]["lr"], opts.amp_dtype() is not None,
+                                   run.checkpointer.describe_last()) from None
+        except StoppedMidEpoch as stopped:
+            run.checkpointer.save_within(index, epoch, stopped.position.describe(), state(), stopped.batches)
+            if world()[1] > 1:  # no rank leaves (and gets its peers killed by torchrun) before rank 0 has written
+                torch.distributed.barrier()
+            raise run.stop_error() from None
+        position = None
+        if not math.isfinite(val):
+            raise divergence_error(f"the validation MSE is {val:g}", label, epoch, "validation",
+                                   optimizer.param_groups[0]["lr"], opts.amp_dtype() is not None,
+                                   run.checkpointer.describe_last())
         scheduler.after_epoch(val)
         record = {"stage": stage.name, "epoch": epoch, "train": terms, "val_output_mse": val,
                   "lr": optimizer.param_groups[0]["lr"]}
         run.history.append(record)
         last = epoch + 1 == stage.epochs
         run.ui.log(record, force=last)
-        run.checkpointer.maybe_save(index, epoch, force=last, state=lambda: {
-            "student": to_payload(student), "previous": None if previous is run.original else to_payload(previous),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": run.history})
+        run.checkpointer.maybe_save(index, epoch, force=last, state=state)
         if run.on_epoch is not None:
             run.on_epoch(record)
     return student.eval()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -26,18 +28,18 @@ class EpochOrder(torch.utils.data.Sampler):
     """A seeded permutation per epoch, split across ranks like DistributedSampler, so that a global batch
     holds the same images whatever the number of processes."""
 
-    def __init__(self, n: int, seed: int, epoch: int):
-        self.n, self.seed, self.epoch = n, seed, epoch
+    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0):
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip  # skip: items already seen (resume)
         self.rank, self.size = world()
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         usable = (self.n // self.size) * self.size
-        return iter(order[:usable][self.rank::self.size])
+        return iter(order[:usable][self.rank::self.size][self.skip:])
 
     def __len__(self) -> int:
-        return self.n // self.size
+        return max(0, self.n // self.size - self.skip)
 
 
 class StageLoss:
@@ -75,20 +77,55 @@ class StageLoss:
         return total, parts
 
 
+@dataclass
+class EpochPosition:
+    """How far an epoch got when it was stopped after an optimizer step: batches done, the running sums
+    of its loss terms, and the RNG state to continue from (a checkpoint keeps it; resuming goes on)."""
+
+    batch: int
+    sums: dict[str, float]
+    steps: int
+    rng: dict | None = None
+
+    def describe(self) -> dict:
+        return {"batch": self.batch, "sums": self.sums, "steps": self.steps}
+
+
+class StoppedMidEpoch(Exception):
+    """A stop was requested; ``position`` is where the epoch stands, ``batches`` its length."""
+
+    def __init__(self, position: EpochPosition, batches: int):
+        super().__init__("stopped")
+        self.position, self.batches = position, batches
+
+
 def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data: Dataset, epoch: int,
-                optimizer: torch.optim.Optimizer, cfg: TrainOptions, progress=None, on_step=None) -> dict[str, float]:
+                optimizer: torch.optim.Optimizer, cfg: TrainOptions, progress=None, on_step=None,
+                start: EpochPosition | None = None, stop=None) -> dict[str, float]:
     """One epoch over ``data`` in a seeded order; returns mean loss terms. ``trainable`` is the module
-    whose gradients are synchronised (the DDP wrapper of the student's encoder, or the encoder)."""
+    whose gradients are synchronised (the DDP wrapper of the student's encoder, or the encoder).
+    ``start`` continues an epoch stopped midway; ``stop()`` is asked after every optimizer step and, when
+    true, ends the epoch there with :class:`StoppedMidEpoch`. A non-finite loss or gradient raises
+    :class:`NonFiniteStep` before the optimizer steps."""
+    from .faults import NonFiniteStep, grads_finite
+
     rank, size = world()
     per_rank = max(1, cfg.batch_size // size)
-    loader = DataLoader(data, batch_size=per_rank, sampler=EpochOrder(len(data), cfg.seed, epoch),
+    first = start.batch if start is not None else 0
+    n_batches = math.ceil((len(data) // size) / per_rank)
+    loader = DataLoader(data, batch_size=per_rank, sampler=EpochOrder(len(data), cfg.seed, epoch, first * per_rank),
                         num_workers=cfg.num_workers, drop_last=False)
+    batches = iter(loader)  # draws the loader's seed from the global RNG: a resumed epoch restores it after
+    if start is not None and start.rng is not None:
+        from .checkpoint import set_rng_state
+
+        set_rng_state(start.rng)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     student.train()
-    sums: dict[str, float] = {}
-    steps = 0
+    sums: dict[str, float] = dict(start.sums) if start is not None else {}
+    steps = start.steps if start is not None else 0
     optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
-    for i, x in enumerate(loader):
+    for i, x in enumerate(batches, start=first):
         x = x.to(cfg.device, non_blocking=True)
         if cfg.augment.active:  # seeded per (epoch, batch, rank): a resumed run makes the same views
             x = cfg.augment(x, torch.Generator().manual_seed(hash((cfg.seed, epoch, i, rank)) % 2**63))
@@ -104,20 +141,26 @@ def train_epoch(student: nn.Module, trainable: nn.Module, loss: StageLoss, data:
             with ctx:
                 with cfg.autocast():
                     v, p = loss(student, chunk, epoch, runner=trainable)
+                if not torch.isfinite(v.detach()):
+                    raise NonFiniteStep(f"the training loss is {float(v.detach()):g}", i, n_batches)
                 (v * share / cfg.accum).backward()
             value = value + share * v.detach()
             for k, pv in p.items():
                 parts[k] = parts.get(k, 0.0) + share * pv
+        for k, v in {"loss": float(value), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
         if last_of_step:
+            if not grads_finite(params):
+                raise NonFiniteStep("a gradient is not finite", i, n_batches)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if on_step is not None:
                 on_step()
-        for k, v in {"loss": float(value), **parts}.items():
-            sums[k] = sums.get(k, 0.0) + v
-        steps += 1
         if progress is not None:
             progress(i + 1, n_batches, float(value))
+        if last_of_step and stop is not None and stop():
+            raise StoppedMidEpoch(EpochPosition(i + 1, sums, steps), n_batches)
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
