@@ -287,3 +287,18 @@ def test_eval_saves_overlays_of_both_models_masks(tiny_sam, sam_file, tmp_path, 
     left, right = sheet[:, :w], sheet[:, w + 8:]
     assert (left != right).any()  # different masks (or captions) on the same photo
     assert json.loads(out)["prompts"] > 0
+
+
+def test_the_cli_starts_without_torch():
+    """``--version``, ``--help`` and ``plugins`` never import torch (it takes seconds): only commands
+    that build or run a model do."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vitslim.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['plugins'], ['inspect', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "timm" in done.stdout and "sam2" in done.stdout  # plugins listed their families

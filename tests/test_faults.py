@@ -156,10 +156,14 @@ def test_sigterm_to_the_cli_is_one_line_exit_143_and_a_checkpoint(tmp_path, tiny
     out = tmp_path / "x.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", "from vitslim.cli import main; main()", "compress", str(timm_file),
-                             "--ratio", "0.5", "--epochs", "100000", "--batch-size", "2", "--importance-batches", "1",
+                             "--ratio", "0.5", "--epochs", "100000", "--batch-size", "2", "--criterion", "magnitude",
                              "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(8.0)
+    lock = Path(f"{out}.work") / ".lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline and proc.poll() is None:  # the run has started
+        time.sleep(0.2)
+    time.sleep(3.0)  # well into training: magnitude scores need no images, tiny steps take milliseconds
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

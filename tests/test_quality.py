@@ -1,5 +1,6 @@
-"""Quality on trained teachers (trained here, seeded, small): what a broken engine or criterion would
-lose. The digits ViT trains once for the module (about 20 s); each test then prunes or compresses it."""
+"""Quality on trained teachers: what a broken engine or criterion would lose. The digits ViT is the
+shipped teacher (the same weights on every machine, so the numbers below do not move with the CPU:
+measured identical under ATEN_CPU_CAPABILITY=default, avx2 and avx512); each test prunes or compresses it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from vitslim.testbed import get_testbed, testbeds as installed_testbeds
 @pytest.fixture(scope="module")
 def digits():
     tb = get_testbed("digits-vit")
-    teacher = tb.train_teacher(seed=0, epochs=20)
+    teacher = tb.teacher()
     calib = list(tb.subset(64, seed=0).split(8))
     return tb, teacher, calib
 
@@ -26,28 +27,44 @@ def _accuracy(tb, model) -> float:
 
 
 def test_testbeds_come_from_the_family_plugins():
-    assert {"digits-vit", "shapes-sam"} <= set(installed_testbeds())
+    assert {"digits-vit", "shapes-sam", "shapes-sam2"} <= set(installed_testbeds())
 
 
-def test_digits_teacher_learns(digits):
+def test_the_shipped_teacher_is_the_one_its_manifest_describes(digits):
     tb, teacher, _ = digits
-    assert _accuracy(tb, teacher) > 90  # 94.8 measured; chance is 10
+    entry = tb.shipped_entry()
+    assert tb.shipped(0) is not None  # present, and its SHA-256 matches
+    assert entry["command"] == "python benchmarks/teachers.py digits-vit" and entry["seed"] == 0
+    assert _accuracy(tb, teacher) == pytest.approx(entry["metrics"]["accuracy"], abs=0.2)  # inference rounding only
+
+
+def test_retraining_the_teacher_reproduces_it_within_the_spread_across_cpus():
+    """The shipped teacher's recipe, trained again here: its accuracy lies within the spread measured
+    when it was trained under each CPU capability (98.0 / 97.0 / 97.3 for avx512 / avx2 / default)."""
+    tb = get_testbed("digits-vit")
+    spread = [m["accuracy"] for m in tb.shipped_entry()["metrics_by_capability"].values()]
+    assert len(spread) >= 3
+    got = _accuracy(tb, tb.teacher(shipped=False, cache=False))
+    assert min(spread) - 1.0 <= got <= max(spread) + 1.0
 
 
 def test_bottleneck_pruning_disturbed_taylor_beats_random(digits):
     """Half the head dims and MLP channels, before any distillation: the informed criterion keeps
-    clearly more (79.2 vs 71.5 measured, random over 3 seeds)."""
-    tb, teacher, calib = digits
-    kw = dict(part="bottleneck", ranking="uniform", data=calib)
-    informed = _accuracy(tb, vitslim.prune(teacher, 0.5, importance="disturbed_taylor", **kw))
-    rand = np.mean([_accuracy(tb, vitslim.prune(teacher, 0.5, importance="random", seed=s, **kw)) for s in range(3)])
-    assert informed > rand + 4
+    clearly more (mean of 3 calibration subsets 88.6; random 75.7 over 5 seeds, magnitude 75.5)."""
+    tb, teacher, _ = digits
+    kw = dict(part="bottleneck", ranking="uniform")
+    informed = [_accuracy(tb, vitslim.prune(teacher, 0.5, importance="disturbed_taylor",
+                                            data=list(tb.subset(64, seed=s).split(8)), **kw)) for s in range(3)]
+    rand = np.mean([_accuracy(tb, vitslim.prune(teacher, 0.5, importance="random", seed=s, **kw)) for s in range(5)])
+    magnitude = _accuracy(tb, vitslim.prune(teacher, 0.5, importance="magnitude", **kw))
+    assert np.mean(informed) > rand + 8
+    assert min(informed) > magnitude + 8
 
 
 def test_embedding_pruning_disturbed_taylor_beats_random_and_magnitude_on_average(digits):
     """Half the residual channels: averaged over 5 calibration subsets (and random seeds), disturbed
-    Taylor keeps more than random and than weight magnitude (37.7 vs 23.7 and 30.3 measured). One subset
-    alone can reverse the order: the spread is 28.8-46.2 for disturbed Taylor (README, Quality)."""
+    Taylor keeps more than random and than weight magnitude (49.0 vs 43.4 and 40.5 measured). One subset
+    alone can reverse the order: the spread is 38.7-56.4 for disturbed Taylor (README, Quality)."""
     tb, teacher, _ = digits
 
     def mean_accuracy(criterion):
@@ -56,8 +73,8 @@ def test_embedding_pruning_disturbed_taylor_beats_random_and_magnitude_on_averag
                         for s in range(5)])
 
     informed, rand, magnitude = mean_accuracy("disturbed_taylor"), mean_accuracy("random"), mean_accuracy("magnitude")
-    assert informed > rand + 6
-    assert informed > magnitude + 3
+    assert informed > rand + 3
+    assert informed > magnitude + 5
 
 
 def test_compress_recovers_with_ten_percent_of_the_images(digits, tmp_path):

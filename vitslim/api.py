@@ -49,6 +49,26 @@ def is_model_file(spec: str | os.PathLike) -> bool:
     return os.path.exists(text) or text.endswith((".pt", ".pth", ".safetensors"))
 
 
+def check_model(spec: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> None:
+    """The cheap checks of :func:`open_model`, before any work: the file or folder exists, the name is
+    one an installed family builds, ``checkpoint`` exists and goes with a name. One clear error each."""
+    from pathlib import Path
+
+    from .errors import ModelFileError, WeightsError
+
+    if os.path.isdir(spec):
+        return
+    if is_model_file(spec):
+        if checkpoint is not None:
+            raise UsageError(f"--checkpoint applies to model names, and {spec} is a model file")
+        if not os.path.isfile(spec):
+            raise ModelFileError(f"model file not found: {spec}")
+        return
+    family_for_name(str(spec)).check_name(str(spec))
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise WeightsError(f"checkpoint file not found: {checkpoint}")
+
+
 def open_model(spec: str | os.PathLike, pretrained: bool = True, checkpoint: str | None = None,
                seed: int | None = None) -> nn.Module:
     """A saved vitslim file (if ``spec`` is a path to one) or a model built by name (random weights

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UsageError, VitslimError
+from .errors import UnreadableImagesWarning, UsageError, VitslimError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -222,13 +222,14 @@ def prune(
     force: Force = False,
 ) -> None:
     """Prune a model once (no distillation) and save it."""
-    from .api import open_model, save
+    from .api import check_model, open_model, save
     from .data import as_dataset
     from .info import get_info
     from .progress import StageProgress
     from .pruning import check_options, prune as prune_model, resolve_criterion
 
     check_options(ratio, part, ranking, attention, round_to)  # every cheap check before the slow work
+    check_model(model, checkpoint)
     crit = resolve_criterion(criterion, sigma=noise_sigma, batches=importance_batches, seed=seed)
     path = _output(out, f"{_stem(model)}-pruned{round(ratio * 100)}.pt", [model, checkpoint], force)
     if crit.needs_data:
@@ -294,7 +295,7 @@ def compress(
     as_json: AsJson = False,
 ) -> None:
     """Compress a model: prune + distil in stages (SlimSAM's alternate slimming by default)."""
-    from .api import open_model
+    from .api import check_model, open_model
     from .compression import compress_run
     from .engine.options import PruneOptions, TrainOptions
     from .evaluation import evaluate as evaluate_model
@@ -307,6 +308,7 @@ def compress(
     train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
                               device=device, precision=precision, fast=fast).validate(ratio)
+    check_model(model, checkpoint)
     path = _output(out, f"{_stem(model)}-slim{round(ratio * 100)}.pt", [model, checkpoint], force)
     if data is not None:
         from .data import find_images
@@ -350,11 +352,14 @@ def eval_cmd(
 ) -> None:
     """Label-free evaluation of a student against its teacher, by its family's protocol (SAM: masks
     against the teacher's, and SA-1B ground truth where present; timm: top-1 agreement, output cosine)."""
-    from .api import open_model
+    from .api import check_model, open_model
     from .data import find_images
     from .evaluation import evaluate as evaluate_model
     from .info import get_info
 
+    check_model(student)
+    if teacher is not None:
+        check_model(teacher, checkpoint)
     if data is not None:
         find_images(data)
     s = open_model(student, pretrained=not random_weights, seed=seed)
@@ -424,11 +429,12 @@ def export(
     force: Force = False,
 ) -> None:
     """Export a model: its encoder as ONNX (--onnx), or the whole model as a Hugging Face folder (--hf)."""
-    from .api import open_model
+    from .api import check_model, open_model
     from .export import export_hf, export_onnx
 
     if not onnx and not hf:
         raise UsageError("say what to write: --onnx FILE and/or --hf DIR")
+    check_model(model, checkpoint)
     path = _output(onnx, f"{_stem(model)}.onnx", [model], force, flag="--onnx") if onnx else None
     if hf and Path(hf).resolve() in {Path(model).resolve(), *((Path(checkpoint).resolve(),) if checkpoint else ())}:
         raise UsageError(f"--hf {hf} is an input of this command: write elsewhere")
@@ -445,7 +451,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app, turning known failures into one line and an exit code."""
     import warnings
 
-    from .data import UnreadableImagesWarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # our warnings: no source lines
         if issubclass(category, UnreadableImagesWarning):

@@ -15,15 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import UsageError
+from .errors import UnreadableImagesWarning, UsageError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 SAMPLE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
                 "retina", "stereo_motorcycle", "camera", "coins")
-
-
-class UnreadableImagesWarning(UserWarning):
-    """Some files of a data folder could not be decoded and were skipped (the message names a few)."""
 
 
 def to_rgb(image):

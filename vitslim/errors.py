@@ -31,3 +31,7 @@ class NonFiniteError(VitslimError):
 class WriteError(VitslimError):
     """A file that could not be written (disk full, read-only folder, an I/O error midway); the target
     is left as it was."""
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Some files of a data folder could not be decoded and were skipped (the message names a few)."""

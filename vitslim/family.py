@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from .structure import Structure
 
@@ -26,6 +27,10 @@ class Family:
     def handles(self, name: str) -> bool:
         """Whether ``name`` (as typed by a user) belongs to this family."""
         raise NotImplementedError
+
+    def check_name(self, name: str) -> None:
+        """Refuse, in one line (:class:`UsageError`), a name this family handles but cannot build (an
+        unknown architecture), before any work; the default accepts every name :meth:`handles`."""
 
     def create(
         self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any
@@ -123,4 +128,6 @@ class Family:
 
     def example_input(self, model: nn.Module, batch: int = 1, device: Any = None) -> torch.Tensor:
         """A random input batch for the encoder (used for tracing and counting)."""
+        import torch
+
         return torch.randn(batch, *self.input_shape(model), device=device)

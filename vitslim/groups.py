@@ -10,9 +10,12 @@ A group has ``size`` channels; each member ``(param, axis, index)`` says which e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass, field
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
 
 from .structure import BlockSpec, MlpSpec, Structure
 
@@ -79,6 +82,8 @@ class ChannelGroup:
 
     def aggregate(self, saliency: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum an elementwise saliency (``{param name: tensor shaped like the param}``) per channel."""
+        import torch
+
         score = torch.zeros(self.size, dtype=torch.float64)
         for name, axis, index in self.members:
             s = saliency[name].detach()
@@ -89,6 +94,8 @@ class ChannelGroup:
 
 
 def _identity(n: int) -> torch.Tensor:
+    import torch
+
     return torch.arange(n)[:, None]
 
 
@@ -103,6 +110,8 @@ def embedding_group(structure: Structure, stream: int = 0) -> ChannelGroup:
 
 def qkv_rows(num_heads: int, head_dim: int, heads: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     """Rows of a (q|k|v, head, dim)-laid-out qkv weight for the given heads x dims."""
+    import torch
+
     s = torch.arange(3)[:, None, None] * num_heads * head_dim
     return (s + heads[None, :, None] * head_dim + dims[None, None, :]).flatten()
 
@@ -110,6 +119,8 @@ def qkv_rows(num_heads: int, head_dim: int, heads: torch.Tensor, dims: torch.Ten
 def _attention_index(layout: str, heads: int, hd: int, mode: str, kv_heads: int) -> torch.Tensor | None:
     """Per-channel entries of an attention member (None: the member does not move with this mode). In
     ``heads`` mode a channel is a key/value group: kv head g and the query heads that share it."""
+    import torch
+
     all_h, all_kv, all_d = torch.arange(heads), torch.arange(kv_heads), torch.arange(hd)
     if mode == "head_dim":
         if layout == QKV:
@@ -154,6 +165,8 @@ def mlp_group(structure: Structure, i: int) -> ChannelGroup:
 
 
 def _mlp_group(name: str, mlp: MlpSpec, block: int | None) -> ChannelGroup:
+    import torch
+
     idx = _identity(mlp.hidden)
     both_halves = torch.stack([torch.arange(mlp.hidden), torch.arange(mlp.hidden) + mlp.hidden], 1)
     members = [(m.param, m.axis, idx if m.layout == MLP else both_halves) for m in mlp_members(mlp)]

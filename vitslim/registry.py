@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 
 import pluggy
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    from torch import nn
 
 from . import hookspecs
 from .errors import UsageError

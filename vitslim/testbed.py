@@ -1,10 +1,14 @@
 """Quality testbeds: a teacher trained on real data, its images, and metrics against ground truth.
 
 Random weights prove the mechanics of compression, not its point: that a *trained* model compressed
-with a little data keeps what it knows. A testbed trains a small teacher on data a package ships
-(seeded, once per machine, cached under :func:`vitslim.weights.cache_dir`), and scores students on
-held-out data. ``benchmarks/quality.py`` runs every installed testbed; families contribute theirs
-through the ``vitslim_testbeds`` hook.
+with a little data keeps what it knows. A testbed trains a small teacher on data a package ships, and
+scores students on held-out data. The teachers ship with their plugin (``teachers/`` beside the
+testbed: the file, and ``teachers.json`` with its SHA-256, the command, seed and recipe that trained it,
+and its metrics on each CPU it was checked on), so the demo, the tests and the quality benchmark start
+at once and see the same weights on every machine; a teacher that is not shipped (another seed or
+recipe) is trained once per machine and cached under :func:`vitslim.weights.cache_dir`.
+``benchmarks/teachers.py`` retrains and ships them; ``benchmarks/quality.py`` runs every installed
+testbed; families contribute theirs through the ``vitslim_testbeds`` hook.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
-from .errors import UsageError
+from .errors import ModelFileError, UsageError
+
+MANIFEST = "teachers.json"
 
 
 class Testbed:
@@ -30,6 +38,7 @@ class Testbed:
     name: str = ""
     metric: str = ""
     recipe: dict[str, Any] = {}
+    shipped_dir: Path | None = None  # the plugin's ``teachers/`` folder, where its trained teachers ship
 
     def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Training images (all, or those at ``indices``), preprocessed for the teacher's encoder:
@@ -55,16 +64,43 @@ class Testbed:
 
     def subset(self, count: int, seed: int = 0) -> torch.Tensor:
         """``count`` training images picked with ``seed`` (the low-data regime: 1% is ``num_train() // 100``)."""
+        import torch
+
         total = self.num_train()
         n = min(count, total)
         order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
         return self.train_images(order[:n].sort().values)
 
-    def teacher(self, seed: int = 0, cache: bool = True, progress: Any = None) -> nn.Module:
-        """The trained teacher: read from the cache, or trained (and cached) on first use."""
+    def shipped_entry(self) -> dict | None:
+        """This testbed's entry in the shipped manifest (file, sha256, seed, recipe, command, metrics)."""
+        if self.shipped_dir is None or not (Path(self.shipped_dir) / MANIFEST).is_file():
+            return None
+        return json.loads((Path(self.shipped_dir) / MANIFEST).read_text()).get(self.name)
+
+    def shipped(self, seed: int = 0) -> Path | None:
+        """The shipped teacher file for ``seed`` and this testbed's recipe, checked against its SHA-256;
+        None when none ships for them."""
+        entry = self.shipped_entry()
+        if entry is None or entry["seed"] != seed or entry["recipe"] != json.loads(json.dumps(self.recipe)):
+            return None
+        path = Path(self.shipped_dir) / entry["file"]
+        from .weights import file_digest
+
+        if not path.is_file() or file_digest(path, "sha256") != entry["sha256"]:
+            raise ModelFileError(f"the shipped {self.name} teacher {path} is missing or damaged (SHA-256 differs "
+                                 f"from {MANIFEST}): reinstall vitslim, or retrain it with `{entry['command']}`")
+        return path
+
+    def teacher(self, seed: int = 0, cache: bool = True, progress: Any = None, shipped: bool = True) -> nn.Module:
+        """The trained teacher: the shipped one (unless ``shipped=False``), else read from the cache, else
+        trained (and cached) on first use."""
+        import torch
         from .modelfile import load, save
         from .weights import cache_dir
 
+        packaged = self.shipped(seed) if shipped else None
+        if packaged is not None:
+            return load(packaged)
         key = json.dumps({"testbed": self.name, "seed": seed, "recipe": self.recipe,
                           "torch": torch.__version__.split("+")[0]}, sort_keys=True)
         path = cache_dir() / "testbeds" / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"

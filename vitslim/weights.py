@@ -7,9 +7,10 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
 
 from .errors import WeightsError
 
@@ -67,6 +68,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # inside a Hugging Fa
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Read a weights file (``torch.load`` with ``weights_only=True``, or safetensors), or the weights of
     a Hugging Face model folder; one clear error for missing or unreadable files."""
+    import torch
+
     p = Path(path)
     if p.is_dir():
         found = next((p / name for name in WEIGHT_FILES if (p / name).is_file()), None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from vitslim import Family
 from vitslim.errors import UsageError
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
 
 def build_sam(config: dict[str, Any]) -> nn.Module:
     """A ``Sam`` whose image encoder follows ``config``; prompt encoder and mask decoder as in SAM."""
+    from torch import nn
     from segment_anything.modeling import (
         ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
     )
@@ -189,6 +191,7 @@ class SamFamily(Family):
 
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """SAM's own preprocessing: longest side to img_size, normalise, pad to a square."""
+        import torch
         import numpy as np
         from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -273,6 +276,8 @@ class SamFamily(Family):
 
     def extra_cost(self, model: nn.Module) -> tuple[int, int]:
         """Prompt encoder + mask decoder: their parameters, and MACs for one point prompt."""
+        import torch
+        from torch import nn
         from vitslim.cost import count_macs
 
         params, _ = super().extra_cost(model)

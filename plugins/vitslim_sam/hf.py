@@ -9,8 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import torch
-
 from vitslim.errors import UsageError, WeightsError
 
 # (transformers name, segment_anything name): {i} and {n} stand for one name part, {rest} for the rest

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
-from vitslim.data import load_image
 from vitslim.testbed import Testbed
 
 from .rle import rle_to_mask
@@ -49,13 +48,19 @@ def shapes_folder(split: str, count: int, root: Path | None = None, size: int = 
 @functools.lru_cache(maxsize=4)
 def load_folder(folder: Path) -> tuple[torch.Tensor, list[list[dict]]]:
     """All images of a generated folder as (N, H, W, 3) uint8, and each image's annotations."""
+    import torch
+
     files = sorted(folder.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))
+    from vitslim.data import load_image
+
     images = np.stack([np.asarray(load_image(f)) for f in files])
     anns = [json.loads(f.with_suffix(".json").read_text())["annotations"] for f in files]
     return torch.from_numpy(images), anns
 
 
 def _dice_bce(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0) -> torch.Tensor:
+    import torch.nn.functional as F
+
     bce = bce_weight * F.binary_cross_entropy_with_logits(logits, target)
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
@@ -65,6 +70,8 @@ def _dice_bce(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.
 
 def _prompts(masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One random point inside each mask, and each mask's box jittered by up to 5% of its side."""
+    import torch
+
     points, boxes = [], []
     for m in masks:
         ys, xs = torch.nonzero(m, as_tuple=True)
@@ -81,6 +88,9 @@ def _mask_loss(model: nn.Module, embedding: torch.Tensor, pe: torch.Tensor, reco
     """BCE + dice of the masks the decoder predicts from one image embedding, for ``k`` of its
     annotations, each prompted by a point inside it and by its box (random picks and box jitter with
     ``gen``; without it the first ``k``, exact boxes and each annotation's own point)."""
+    import torch
+    import torch.nn.functional as F
+
     if gen is not None:
         pick = torch.randperm(len(records), generator=gen)[:k].tolist()
     else:
@@ -107,6 +117,7 @@ class ShapesTestbed(Testbed):
 
     name = "shapes-sam"
     metric = "miou_box_vs_gt"
+    shipped_dir = Path(__file__).parent / "teachers"
 
     def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root: str | Path | None = None,
                  size: int = SIZE):
@@ -131,6 +142,8 @@ class ShapesTestbed(Testbed):
     @staticmethod
     def _preprocess(images: torch.Tensor) -> torch.Tensor:
         """SAM's normalisation of (N, H, W, 3) uint8 images already at the encoder's size."""
+        import torch
+
         mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
         std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
         return (images.permute(0, 3, 1, 2).float() - mean) / std
@@ -156,6 +169,8 @@ class ShapesTestbed(Testbed):
         return SamPrompter(model)
 
     def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+        import torch
+
         r = {**self.recipe, **recipe}
         images, anns = self.split("train")
         torch.manual_seed(seed)
@@ -181,6 +196,7 @@ class ShapesTestbed(Testbed):
     def supervised_loss(self, teacher: nn.Module):
         """The teacher's prompt encoder and mask decoder on the embedding, each image's first four
         annotations prompted by their point and box: BCE + dice against their masks."""
+        import torch
         from vitslim.testbed import LabelLookup
 
         images, anns = self.split("train")
@@ -199,6 +215,8 @@ class ShapesTestbed(Testbed):
 
         root = self.folder("test")
         files = sorted(root.glob("sa_*.jpg"), key=lambda p: int(p.stem.split("_")[1]))[:limit]
+        from vitslim.data import load_image
+
         images = [load_image(f) for f in files]
         result = evaluate_prompts(self.prompter(student), self.prompter(teacher if teacher is not None else student),
                                   images, [f.with_suffix(".json") for f in files])

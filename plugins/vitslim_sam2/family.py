@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from vitslim import Family
 from vitslim.errors import UsageError
@@ -184,6 +185,8 @@ class Sam2Family(Family):
         """Everything outside the image encoder (prompt encoder, mask decoder, video memory modules): its
         parameters, and the MACs of one point prompt as ``SAM2ImagePredictor`` runs it (the decoder's
         high-resolution projections included)."""
+        import torch
+        from torch import nn
         from vitslim.cost import count_macs
 
         params, _ = super().extra_cost(model)
@@ -215,6 +218,8 @@ class Sam2Family(Family):
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """SAM 2 scales attention by the *current* head dim (SDPA's default); fold the ratio into k so that
         the pruned attention equals the original with the removed channels zeroed."""
+        import torch
+
         heads = attn.num_heads
         head_dim = attn.qkv.out_features // 3 // heads
         rows = slice(heads * head_dim, 2 * heads * head_dim)

@@ -10,12 +10,15 @@ is trained for single masks only).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 from vitslim_sam.rle import rle_to_mask
 from vitslim_sam.testbed import (
     DATA_VERSION,
@@ -47,6 +50,9 @@ def _mask_loss(model: nn.Module, low: torch.Tensor, high: list[torch.Tensor], re
                gen: torch.Generator | None, bce_weight: float = 1.0) -> torch.Tensor:
     """BCE + dice of single masks for ``k`` annotations of one image, each prompted by a point inside it
     and by its box (a box as SAM 2's predictor gives it: two corner points, labels 2 and 3)."""
+    import torch
+    import torch.nn.functional as F
+
     pick = torch.randperm(len(records), generator=gen)[:k].tolist() if gen is not None else list(range(min(k, len(records))))
     gt = torch.from_numpy(np.stack([rle_to_mask(records[j]["segmentation"]) for j in pick]))
     if gen is not None:
@@ -74,6 +80,7 @@ class ShapesSam2Testbed(ShapesTestbed):
 
     name = "shapes-sam2"
     metric = "miou_box_vs_gt"
+    shipped_dir = Path(__file__).parent / "teachers"
 
     def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root=None, size: int = SIZE):
         super().__init__(n_train, n_test, root, size)
@@ -84,6 +91,8 @@ class ShapesSam2Testbed(ShapesTestbed):
     @staticmethod
     def _preprocess(images: torch.Tensor) -> torch.Tensor:
         """SAM 2's normalisation of (N, H, W, 3) uint8 images already at the encoder's size."""
+        import torch
+
         mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
         return (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from vitslim.testbed import LabelLookup, Testbed
 
@@ -32,6 +33,8 @@ N_TRAIN = 1200
 def digits_split() -> dict[str, torch.Tensor]:
     """The fixed split: ``x_train`` (1200, 3, 16, 16), ``y_train``, ``x_test`` (597, ...), ``y_test``;
     pixels in [-1, 1] as the teacher's preprocessing gives them."""
+    import torch
+    import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -46,6 +49,9 @@ def digits_split() -> dict[str, torch.Tensor]:
 
 def _affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Small random rotations (+-0.2 rad), scalings (+-10%) and shifts (+-1 px) of a digit batch."""
+    import torch
+    import torch.nn.functional as F
+
     n = len(x)
     angle = (torch.rand(n, generator=gen) - 0.5) * 0.4
     scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.2
@@ -64,6 +70,7 @@ class DigitsTestbed(Testbed):
 
     name = "digits-vit"
     metric = "accuracy"
+    shipped_dir = Path(__file__).parent / "teachers"
     recipe = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1}
 
     def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,6 +81,8 @@ class DigitsTestbed(Testbed):
         return N_TRAIN
 
     def train_teacher(self, seed: int = 0, progress: Any = None, **recipe: Any) -> nn.Module:
+        import torch
+        import torch.nn.functional as F
         import vitslim
 
         r = {**self.recipe, **recipe}
@@ -102,16 +111,21 @@ class DigitsTestbed(Testbed):
 
     def supervised_loss(self, teacher: nn.Module):
         """Cross-entropy against the digit labels."""
+        import torch
+        import torch.nn.functional as F
+
         data = digits_split()
         labels = LabelLookup(data["x_train"], data["y_train"].tolist())
         return lambda output, inputs: F.cross_entropy(output, torch.tensor(labels(inputs), device=output.device))
 
-    @torch.no_grad()
     def score(self, student: nn.Module, teacher: nn.Module | None = None) -> dict[str, float]:
+        import torch
+
         data = digits_split()
         student.eval()
-        pred = student(data["x_test"]).argmax(-1)
-        out = {"accuracy": float((pred == data["y_test"]).float().mean()) * 100}
-        if teacher is not None:
-            out["top1_agreement"] = float((pred == teacher.eval()(data["x_test"]).argmax(-1)).float().mean()) * 100
+        with torch.no_grad():
+            pred = student(data["x_test"]).argmax(-1)
+            out = {"accuracy": float((pred == data["y_test"]).float().mean()) * 100}
+            if teacher is not None:
+                out["top1_agreement"] = float((pred == teacher.eval()(data["x_test"]).argmax(-1)).float().mean()) * 100
         return out

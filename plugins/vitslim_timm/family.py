@@ -4,10 +4,11 @@ NaFlexVit), whatever their attention kind; see the README's coverage table for w
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from vitslim import Family
 from vitslim.errors import UsageError, WeightsError
@@ -21,6 +22,8 @@ from .names import resolve
 def _patch_embedding(model: nn.Module) -> tuple[str, tuple[int, ...]] | None:
     """Where the residual stream starts (``patch_embed``: a Conv2d ``proj``; ``embeds``: NaFlexVit's
     patch embedding, a Linear on flattened patches or a Conv2d) and its native token grid; None if neither."""
+    from torch import nn
+
     if isinstance(getattr(getattr(model, "patch_embed", None), "proj", None), nn.Conv2d):
         grid = model.patch_embed.grid_size
         return ("patch_embed", tuple(grid)) if grid is not None else None
@@ -39,6 +42,8 @@ def adopt(module: nn.Module | None) -> None:
 
 def _affine_free(attn: nn.Module) -> bool:
     """Whether k is normalised without a weight to fold the head-dim scale into (then whole heads only)."""
+    from torch import nn
+
     k_norm = getattr(attn, "k_norm", None)
     return k_norm is not None and not isinstance(k_norm, nn.Identity) and getattr(k_norm, "weight", None) is None
 
@@ -152,6 +157,8 @@ def _block_spec(p: str, blk: nn.Module, params: dict, tokens: int, grid: tuple[i
 def _readers_of_the_residual(model: nn.Module, params: dict) -> tuple[list[tuple[str, int]], list[MlpSpec]]:
     """What reads the final residual stream (norm, head, a samvit neck, an attention pool's k/v), and the
     pool's own MLP (timm's Mlp), pruned like a block's."""
+    from torch import nn
+
     reads = [("norm.weight", 0), ("norm.bias", 0)]
     pool, neck = getattr(model, "attn_pool", None), getattr(model, "neck", None)
     head_mlps = []
@@ -186,6 +193,9 @@ class TimmFamily(Family):
     def handles(self, name: str) -> bool:
         return name.startswith(PREFIX)
 
+    def check_name(self, name: str) -> None:
+        resolve(name[len(PREFIX):])
+
     def create(self, name: str, pretrained: bool = True, checkpoint: str | None = None, **config: Any):
         import timm
 
@@ -213,6 +223,7 @@ class TimmFamily(Family):
     @staticmethod
     def _check(model: nn.Module, arch: str) -> None:
         """Refuse, in one line, architectures whose blocks vitslim cannot prune."""
+        from torch import nn
         from timm.layers import AttentionPoolLatent, GluMlp, Mlp, SwiGLU
 
         blocks = getattr(model, "blocks", None)
@@ -259,6 +270,8 @@ class TimmFamily(Family):
         return PREFIX + model.pretrained_cfg["architecture"], {}
 
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        from torch import nn
+
         root, grid = _patch_embedding(model)
         if root == "patch_embed":  # a hybrid's proj reads its CNN backbone's features, not the image
             backbone = getattr(model.patch_embed, "backbone", None)
@@ -318,6 +331,8 @@ class TimmFamily(Family):
     def evaluate(self, student, teacher, images, annotations=None) -> dict:
         """Top-1 agreement with the teacher and cosine similarity of the outputs (logits, or features
         for a headless model)."""
+        import torch
+
         xs = torch.stack([self.preprocess(teacher, im.convert("RGB")) for im in images])
         dev = next(student.parameters()).device
         with torch.no_grad():
@@ -361,6 +376,8 @@ class TimmFamily(Family):
 
     def set_embed_dim(self, encoder: nn.Module, width: int) -> None:
         """Set the width attributes that named the residual width (a pooling head or a neck keeps its own)."""
+        from torch import nn
+
         old = encoder.embed_dim
         separate_head = getattr(encoder, "attn_pool", None) is not None or isinstance(getattr(encoder, "neck", None), nn.Sequential)
         for attr in ("embed_dim", "num_features", "head_hidden_size"):
@@ -368,6 +385,8 @@ class TimmFamily(Family):
                 setattr(encoder, attr, width)
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
+        import torch
+
         adopt(attn)
         attn.num_heads = num_heads
         attn.head_dim = head_dim
@@ -388,6 +407,9 @@ class TimmFamily(Family):
         relative position bias, as in samvit) so that the pruned attention equals the original one with
         the removed channels zeroed (where nothing normalises over head dims: a q/k norm or a scale norm
         re-normalises over the kept channels)."""
+        import torch
+        from torch import nn
+
         factor = (attn.head_dim / old_head_dim) ** 0.5
         rows = attn.num_heads * attn.head_dim
         k_norm = getattr(attn, "k_norm", nn.Identity())  # BEiT's attention has none

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
+    from torch import nn
 
 from ..groups import ChannelGroup
 
@@ -70,4 +71,6 @@ class FunctionCriterion(Criterion):
         self.name = name or getattr(fn, "__name__", "custom")
 
     def score(self, group: ChannelGroup, ctx: ImportanceContext) -> torch.Tensor:
+        import torch
+
         return torch.as_tensor(self.fn(group, ctx), dtype=torch.float64).flatten()

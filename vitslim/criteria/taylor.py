@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the CLI's help stay fast
+    import torch
 
 from .base import Criterion, ImportanceContext
 
@@ -39,6 +39,8 @@ class TaylorImportance(Criterion):
         return self.loss_fn(output, inputs)
 
     def prepare(self, ctx: ImportanceContext) -> None:
+        import torch
+
         if ctx.data is None:
             raise ValueError(f"the {self.name} criterion needs calibration data")
         params = ctx.params
@@ -110,11 +112,16 @@ class DisturbedTaylorImportance(TaylorImportance):
         self.seed = seed
 
     def prepare(self, ctx: ImportanceContext) -> None:
+        import torch
+
         self._gen = torch.Generator().manual_seed(self.seed)
         super().prepare(ctx)
 
     def loss(self, output: torch.Tensor, inputs: torch.Tensor, ctx: ImportanceContext) -> torch.Tensor:
         # Before pruning the teacher *is* this model: its output, without gradient, is output.detach().
+        import torch
+        import torch.nn.functional as F
+
         losses = []
         for out in ctx.family.output_features(output):  # the output tensors the family's model reads
             target = out.detach()
