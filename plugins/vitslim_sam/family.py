@@ -44,10 +44,10 @@ DEFAULTS: dict[str, Any] = {
 
 def build_sam(config: dict[str, Any]) -> nn.Module:
     """A ``Sam`` whose image encoder follows ``config``; prompt encoder and mask decoder as in SAM."""
-    from torch import nn
     from segment_anything.modeling import (
         ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
     )
+    from torch import nn
 
     cfg = {**DEFAULTS, **config}
     prompt_dim = cfg["out_chans"]
@@ -191,8 +191,8 @@ class SamFamily(Family):
 
     def preprocess(self, model: nn.Module, image: Any) -> torch.Tensor:
         """SAM's own preprocessing: longest side to img_size, normalise, pad to a square."""
-        import torch
         import numpy as np
+        import torch
         from segment_anything.utils.transforms import ResizeLongestSide
 
         arr = ResizeLongestSide(self.encoder(model).img_size).apply_image(np.asarray(image))

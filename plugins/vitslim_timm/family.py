@@ -223,8 +223,8 @@ class TimmFamily(Family):
     @staticmethod
     def _check(model: nn.Module, arch: str) -> None:
         """Refuse, in one line, architectures whose blocks vitslim cannot prune."""
-        from torch import nn
         from timm.layers import AttentionPoolLatent, GluMlp, Mlp, SwiGLU
+        from torch import nn
 
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
