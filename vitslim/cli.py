@@ -159,6 +159,61 @@ def plugins(as_json: AsJson = False) -> None:
 
 
 @app.command()
+def demo(
+    name: Annotated[str, typer.Argument(help="Which demo (see --list).")] = "digits-vit",
+    list_demos: Annotated[bool, typer.Option("--list", help="Name the demos and whether their teachers ship.")] = False,
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="Folder for the student file (and overlays).")] = "vitslim-demo",
+    as_json: AsJson = False,
+) -> None:
+    """Compress a shipped, trained teacher with 1% of its images, offline, in a few minutes, and show
+    teacher and student side by side: size, measured speed, quality."""
+    from .demo import describe_demos, run_demo
+
+    if list_demos:
+        rows = describe_demos()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="vitslim demos")
+        for col in ("demo", "teacher", "compresses", "teacher ships"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["about"], f"{r['ratio']} with {r['fraction']:.0%} of its images",
+                          "yes" if r["teacher_ships"] else "no (python benchmarks/teachers.py " + r["name"] + ")")
+        console.print(table)
+        return
+    from .progress import StageProgress
+
+    ui = StageProgress(console=err_console)
+    result = run_demo(name, out, progress=True, note=ui.note)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    t, s = result["metrics"]["teacher"], result["metrics"]["student"]
+    sz, lat = result["sizes"], result["latency"]
+    table = Table(title=f"vitslim demo {name}: {result['about']}, compressed by {result['ratio']} with "
+                        f"{result['images']['train'] + result['images']['val']} images")
+    for col in ("", "teacher", "student", "student / teacher"):
+        table.add_column(col, justify="right")
+    table.add_row("encoder params", _fmt(sz["teacher"]["params"]), _fmt(sz["student"]["params"]),
+                  f"{sz['student']['params'] / sz['teacher']['params']:.0%}")
+    table.add_row("MACs (with attention)", _fmt(sz["teacher"]["macs_with_attention"]),
+                  _fmt(sz["student"]["macs_with_attention"]),
+                  f"{sz['student']['macs_with_attention'] / sz['teacher']['macs_with_attention']:.0%}")
+    table.add_row(f"latency, batch {lat['batch']} (ms)", f"{lat['teacher_ms']:.2f}", f"{lat['student_ms']:.2f}",
+                  f"{lat['speedup']:.2f}x faster")
+    for key in t:
+        table.add_row(f"{key} vs ground truth", _value(t[key]), _value(s[key]), f"{s[key] - t[key]:+.3g}")
+    for key in (k for k in s if k not in t):
+        table.add_row(key, "", _value(s[key]), "")
+    console.print(table)
+    console.print(f"student: {result['student_file']}   latency: {lat['device']}, {lat['threads']} threads, "
+                  f"fused attention on both   time: {result['seconds']['total']} s", highlight=False)
+    if result["overlays"]:
+        console.print(f"overlays (teacher left, student right): {', '.join(result['overlays'])}", highlight=False)
+
+
+@app.command()
 def inspect(model: ModelArg, as_json: AsJson = False) -> None:
     """Per-block widths, parameters and MACs of a model or a saved file (no weights downloaded)."""
     from .api import inspect as inspect_model

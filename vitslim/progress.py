@@ -18,6 +18,18 @@ class StageProgress:
         self.bars = self.console.is_terminal  # live bars only on a terminal; logs and files get the lines
         self.log_every = log_every  # seconds between epoch lines (many short epochs print few lines)
         self._logged_at = -float("inf")
+        self.forecast = None  # an engine Forecast: epoch bars then show the ETA of the whole run
+
+    def note(self, text: str) -> None:
+        """One line for people (a forecast, advice), kept in logs."""
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def _run_eta(self) -> str:
+        from .engine.forecast import duration
+
+        left = self.forecast.remaining() if self.forecast is not None else None
+        return "run: ?" if left is None else f"run: {duration(left)} left"
 
     def status(self, text: str):
         return self.console.status(text) if self.enabled else nullcontext()
@@ -44,12 +56,14 @@ class StageProgress:
             yield None
             return
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn())
+                   TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[run]}"))
         with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(f"stage {stage + 1}/{stages} {name} epoch {epoch + 1}/{epochs}", total=None, loss=0.0)
+            task = bar.add_task(f"stage {stage + 1}/{stages} {name} epoch {epoch + 1}/{epochs}", total=None, loss=0.0,
+                                run=self._run_eta())
 
             def tick(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, loss=loss)
+                bar.update(task, completed=step, total=total, loss=loss, run=self._run_eta())
 
             yield tick
 

@@ -39,6 +39,10 @@ class Testbed:
     metric: str = ""
     recipe: dict[str, Any] = {}
     shipped_dir: Path | None = None  # the plugin's ``teachers/`` folder, where its trained teachers ship
+    about: str = ""  # what the teacher is, in a few words (``vitslim demo --list``)
+    # ``vitslim demo``: ratio, fraction of the training images, compress options that differ from the
+    # library's defaults (to fit a few minutes), and the batch and runs the latency is timed with
+    demo: dict[str, Any] = {}
 
     def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Training images (all, or those at ``indices``), preprocessed for the teacher's encoder:
@@ -56,6 +60,11 @@ class Testbed:
     def score(self, student: nn.Module, teacher: nn.Module | None = None) -> dict[str, float]:
         """Held-out metrics of ``student`` (against ground truth, and against ``teacher`` when given)."""
         raise NotImplementedError
+
+    def overlays(self, student: nn.Module, teacher: nn.Module, folder: Path, count: int = 4) -> list[Path]:
+        """Pictures of both models' outputs side by side on ``count`` held-out images, written to
+        ``folder`` (segmentation testbeds: masks); the default writes none."""
+        return []
 
     def supervised_loss(self, teacher: nn.Module):
         """A ``loss_fn(encoder_output, inputs)`` from the ground truth of training images (found by their

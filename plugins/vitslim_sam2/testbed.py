@@ -81,6 +81,7 @@ class ShapesSam2Testbed(ShapesTestbed):
     name = "shapes-sam2"
     metric = "miou_box_vs_gt"
     shipped_dir = Path(__file__).parent / "teachers"
+    about = "a small SAM 2 (4-stage Hiera, widths 32-256) on generated scenes of shapes"
 
     def __init__(self, n_train: int = N_TRAIN, n_test: int = N_TEST, root=None, size: int = SIZE):
         super().__init__(n_train, n_test, root, size)

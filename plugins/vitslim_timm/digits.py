@@ -71,6 +71,8 @@ class DigitsTestbed(Testbed):
     name = "digits-vit"
     metric = "accuracy"
     shipped_dir = Path(__file__).parent / "teachers"
+    about = "a 4-block timm ViT (width 96, 3 heads) on scikit-learn's handwritten digits"
+    demo = {"ratio": 0.5, "fraction": 0.01, "batch": 64, "runs": 20}
     recipe = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1}
 
     def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 from ..errors import NonFiniteError, UsageError, VitslimError
 from ..finite import first_nonfinite
 from .faults import StopRequest, StopSignals
+from .forecast import Forecast
 from .checkpoint import (CHECKPOINT, Checkpointer, WorkdirLock, default_workdir, load_checkpoint, run_identity,
                          set_rng_state)
 from .options import PruneOptions, TrainOptions
@@ -55,6 +56,7 @@ class CompressionResult:
     val_images: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
     seconds: float = 0.0
+    forecast: dict = field(default_factory=dict)  # what the run was forecast to take (forecast.Forecast)
 
     def summary(self) -> dict:
         """Sizes before and after, each stage's epochs and last losses, images and time."""
@@ -68,7 +70,8 @@ class CompressionResult:
                                     "val_output_mse": rec["val_output_mse"]}
         return {"before": {k: before["model"][k] for k in ("params", "macs")},
                 "after": {k: after["model"][k] for k in ("params", "macs")},
-                "stages": stages, "images": self.images, "seconds": round(self.seconds, 1)}
+                "stages": stages, "images": self.images, "seconds": round(self.seconds, 1),
+                "forecast": self.forecast}
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -145,10 +148,13 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         if opts.fast:  # the family's fused attention: same outputs and gradients, less time and memory
             original = family.optimize(copy.deepcopy(original))
         checkpointer = Checkpointer(workdir, identity, checkpoint_every, enabled=rank == 0)
+        forecast = _forecast(stages, state, steps_per_epoch, opts, prune, len(train_idx), len(val_idx))
+        ui.forecast = forecast
         signals = StopSignals()
         shared = RunState(family, original, Subset(dataset, train_idx), Subset(dataset, val_idx), steps_per_epoch,
                           prune, opts, checkpointer, ui, family.optimize if opts.fast else (lambda m: m), on_epoch,
-                          stop=signals, stop_error=lambda: _preempted(checkpointer, workdir, signals.request))
+                          stop=signals, stop_error=lambda: _preempted(checkpointer, workdir, signals.request),
+                          forecast=forecast)
         started = time.perf_counter()
         try:
             with frozen(original), signals:
@@ -172,7 +178,7 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         save(final, out)
     images = getattr(dataset, "images", None)
     return CompressionResult(final, model, [images[i] for i in val_idx] if images is not None else [],
-                             {"train": len(train_idx), "val": len(val_idx)}, seconds)
+                             {"train": len(train_idx), "val": len(val_idx)}, seconds, forecast.describe())
 
 
 def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
@@ -194,6 +200,22 @@ def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
         current = run_stage(run, index, stages, current, resume=state if index == first else None)
         state = None
     return current
+
+
+def _forecast(stages, state: dict | None, steps_per_epoch: int, opts: TrainOptions, prune: PruneOptions,
+              n_train: int, n_val: int) -> Forecast:
+    """The work left in the run (all of it, or what follows the checkpoint it resumes)."""
+    from ..pruning import resolve_criterion
+
+    epochs = [s.epochs for s in stages]
+    if state is not None:
+        first = state["stage"] + (1 if state["epoch"] + 1 >= stages[state["stage"]].epochs else 0)
+        epochs = epochs[first:] or [0]
+        if first == state["stage"]:
+            epochs[0] -= state["epoch"] + 1
+    needs_data = resolve_criterion(prune.importance, sigma=prune.sigma).needs_data
+    images = min(n_train, prune.importance_batches or n_train) if needs_data else 0
+    return Forecast(epochs, steps_per_epoch, opts.batch_size * opts.accum, images, n_val, str(opts.device))
 
 
 def _interrupted(checkpointer: Checkpointer, workdir: Path) -> Interrupted:

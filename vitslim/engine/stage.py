@@ -5,6 +5,7 @@ checkpoints."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     stop: Any = None  # faults.StopSignals of the run (None: signals are not caught)
     stop_error: Callable[[], Exception] | None = None  # what to raise once stopped and checkpointed
+    forecast: Any = None  # forecast.Forecast of the run
 
 
 def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
@@ -47,10 +49,16 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
 
     calib = DataLoader(run.train_set, batch_size=1, shuffle=False)
     p = run.prune
+    times = [time.perf_counter()]
     with run.ui.bar(f"stage {index + 1}/{count} {stage.name}: importance") as tick:
         def progress(done: int, total: int | None) -> None:  # a stop signal ends the scoring here
             if tick is not None:
                 tick(done, total)
+            times.append(time.perf_counter())
+            # the second image prices the rest (the first also pays for warming up)
+            if run.forecast is not None and run.forecast.per_image is None and (done == 2 or done == total):
+                run.forecast.importance_timed(times[-1] - times[-2])
+                run.ui.note(run.forecast.line())
             if run.stop is not None and run.stop.requested():
                 raise run.stop_error()
 
@@ -101,11 +109,21 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
 
     label = f"{index + 1}/{len(stages)} {stage.name}"
     stop = run.stop.requested if run.stop is not None else None
+
+    def after_step() -> None:
+        scheduler.after_step()
+        if run.forecast is not None and run.forecast.step_done():
+            run.ui.note(run.forecast.line())
+            if run.forecast.advice():
+                run.ui.note(run.forecast.advice())
+
     for epoch in range(first_epoch, stage.epochs):
+        if run.forecast is not None:
+            run.forecast.epoch_started()
         try:
             with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick:
                 terms = train_epoch(student, trainable, loss, run.train_set, epoch, optimizer, opts, tick,
-                                    scheduler.after_step, start=position, stop=stop)
+                                    after_step, start=position, stop=stop)
                 val = validate(student, loss, run.val_set, epoch, opts)
         except NonFiniteStep as bad:
             raise divergence_error(bad.what, label, epoch, f"batch {bad.batch + 1}/{bad.batches}",
