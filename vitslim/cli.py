@@ -22,7 +22,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 # -- options shared by several commands (one declaration each) ----------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="A model name (sam-b, sam2-b+, timm:vit_base_patch16_224) or a saved file.")]
-Ratio = Annotated[float, typer.Option("--ratio", metavar="R", help="Fraction of channels to remove, in [0, 1).")]
+Ratio = Annotated[Optional[float], typer.Option("--ratio", metavar="R", help="Fraction of channels to remove, in [0, 1).")]
+TargetSpeedup = Annotated[Optional[float], typer.Option("--target-speedup", metavar="S", help="Instead of --ratio: "
+                          "widths that make the encoder S times faster than the dense one on this device "
+                          "(measured latency model, cached; whole heads, head dims and MLP widths per block).")]
 Data = Annotated[Optional[str], typer.Option("--data", metavar="DIR",
                  help="Folder of images (recursive jpg/png); default: 10 scikit-image photos.")]
 Checkpoint = Annotated[Optional[str], typer.Option("--checkpoint", metavar="PATH",
@@ -110,6 +113,15 @@ def _history_line(step: dict) -> str:
     if kind == "train":
         return f"trained as the {step.get('testbed')} testbed teacher in {step.get('seconds')} s"
     return json.dumps(step)
+
+
+def _ratio_or_target(ratio: Optional[float], target: Optional[float]) -> None:
+    if (ratio is None) == (target is None):
+        raise UsageError("give --ratio R or --target-speedup S (one of the two)")
+    if target is not None:
+        from .budget import check_target
+
+        check_target(target)
 
 
 # -- output paths -------------------------------------------------------------------------------------------
@@ -259,9 +271,9 @@ def inspect(model: ModelArg, as_json: AsJson = False) -> None:
 @app.command()
 def prune(
     model: ModelArg,
-    ratio: Ratio,
-    out: Annotated[str, typer.Option("--out", metavar="FILE", help="Where to write the pruned model (a folder: "
-                                     "<model>-pruned<R>.pt inside).")],
+    ratio: Ratio = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Where to write the pruned model "
+                   "(default: <model>-pruned<R%>.pt, or <model>-fast<S>x.pt; a folder: that name inside).")] = None,
     part: Annotated[str, typer.Option("--part", help="embedding | bottleneck | both")] = "both",
     criterion: Criterion = "disturbed_taylor",
     ranking: Ranking = "global",
@@ -274,6 +286,9 @@ def prune(
     seed: Seed = 0,
     checkpoint: Checkpoint = None,
     random_weights: RandomWeights = False,
+    target_speedup: TargetSpeedup = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Where to time and prune with --target-speedup "
+                      "(cpu, cuda; default: cuda if present).")] = None,
     force: Force = False,
 ) -> None:
     """Prune a model once (no distillation) and save it."""
@@ -283,10 +298,12 @@ def prune(
     from .progress import StageProgress
     from .pruning import check_options, prune as prune_model, resolve_criterion
 
-    check_options(ratio, part, ranking, attention, round_to)  # every cheap check before the slow work
+    _ratio_or_target(ratio, target_speedup)  # every cheap check before the slow work
+    check_options(ratio if ratio is not None else 0.0, part, ranking, attention, round_to)
     check_model(model, checkpoint)
     crit = resolve_criterion(criterion, sigma=noise_sigma, batches=importance_batches, seed=seed)
-    path = _output(out, f"{_stem(model)}-pruned{round(ratio * 100)}.pt", [model, checkpoint], force)
+    tag = f"pruned{round(ratio * 100)}" if ratio is not None else f"fast{target_speedup:g}x"
+    path = _output(out, f"{_stem(model)}-{tag}.pt", [model, checkpoint], force)
     if crit.needs_data:
         if data is not None:
             from .data import find_images
@@ -302,18 +319,39 @@ def prune(
 
         family = family_of(m)
         batches = DataLoader(as_dataset(data, lambda im: family.preprocess(m, im)), batch_size=batch_size)
-    with StageProgress(console=err_console).bar(f"{crit.name} importance") as tick:
+    ui = StageProgress(console=err_console)
+    speed = {}
+    if target_speedup is not None:
+        from .latency import latency_model
+
+        dev = device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+        m = m.to(dev)
+        with ui.bar("latency model") as tick:
+            speed = {"target_speedup": target_speedup, "latency": latency_model(m, device=dev, progress=tick)}
+    with ui.bar(f"{crit.name} importance") as tick:
         pruned = prune_model(m, ratio, part=part, importance=crit, ranking=ranking, data=batches,
-                             attention=attention, round_to=round_to, seed=seed, progress=tick)
+                             attention=attention, round_to=round_to, seed=seed, progress=tick, **speed)
+    if speed:
+        from .info import add_history
+        from .latency import measured_ms
+
+        with ui.status("timing the dense and the pruned model"):
+            dense, slim = measured_ms(m, dev), measured_ms(pruned, dev)
+        get_info(pruned)["history"][-1].update({"measured_ms": {"dense": round(dense, 3), "pruned": round(slim, 3)},
+                                                "measured_speedup": round(dense / slim, 3)})
+        pruned = pruned.cpu()
     save(pruned, path)
     step = get_info(pruned)["history"][-1]
     console.print(f"wrote {path}  (importance {step['seconds']['importance']} s, surgery {step['seconds']['surgery']} s)")
+    if speed:
+        console.print(f"speed-up: {step['measured_speedup']:.2f}x measured, {step['predicted_speedup']:.2f}x "
+                      f"predicted, target {target_speedup:g}x ({dev})", highlight=False)
 
 
 @app.command()
 def compress(
     model: ModelArg,
-    ratio: Ratio,
+    ratio: Ratio = None,
     data: Data = None,
     out: Annotated[Optional[str], typer.Option("--out", metavar="FILE",
                    help="Output file (default: <model>-slim<R%>.pt; a folder: that name inside).")] = None,
@@ -346,6 +384,7 @@ def compress(
                        help="Epoch checkpoints (default: <out>.work).")] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate on the validation split at the end.")] = True,
     fast: Annotated[bool, typer.Option("--fast/--no-fast", help="Fused attention while distilling (same numbers).")] = True,
+    target_speedup: TargetSpeedup = None,
     force: Force = False,
     as_json: AsJson = False,
 ) -> None:
@@ -356,15 +395,20 @@ def compress(
     from .evaluation import evaluate as evaluate_model
     from .pruning import check_options
 
-    check_options(ratio, "both", ranking, attention, round_to)  # every check before the slow work
+    _ratio_or_target(ratio, target_speedup)  # every check before the slow work
+    check_options(ratio if ratio is not None else 0.0, "both", ranking, attention, round_to)
     prune_opts = PruneOptions(importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
-                              sigma=noise_sigma, importance_batches=importance_batches).validate()
+                              sigma=noise_sigma, importance_batches=importance_batches,
+                              target_speedup=target_speedup).validate()
     steps = {} if min_steps is None else {"min_steps": min_steps}
     train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
-                              device=device, precision=precision, fast=fast).validate(ratio)
+                              device=device, precision=precision, fast=fast).validate(ratio or 0.0)
+    if target_speedup is not None and schedule not in ("alternate", "one-shot"):
+        raise UsageError(f"--target-speedup works with the alternate and one-shot schedules, not {schedule}")
     check_model(model, checkpoint)
-    path = _output(out, f"{_stem(model)}-slim{round(ratio * 100)}.pt", [model, checkpoint], force)
+    tag = f"slim{round(ratio * 100)}" if ratio is not None else f"fast{target_speedup:g}x"
+    path = _output(out, f"{_stem(model)}-{tag}.pt", [model, checkpoint], force)
     if data is not None:
         from .data import find_images
 
@@ -379,7 +423,7 @@ def compress(
         if "out of memory" in text or "not enough memory" in text or type(exc).__name__ == "OutOfMemoryError":
             raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum") from None
         raise
-    summary = {"model": model, "ratio": ratio, "out": str(path), **result.summary()}
+    summary = {"model": model, "ratio": ratio, "target_speedup": target_speedup, "out": str(path), **result.summary()}
     if evaluate and result.val_images:
         summary["eval"] = evaluate_model(result.student, teacher.cpu(), images=result.val_images)
     rows = [("params", f"{_fmt(summary['before']['params'])} -> {_fmt(summary['after']['params'])}"),
@@ -387,8 +431,12 @@ def compress(
     rows += [(f"{stage}: epochs, last train loss / val MSE", f"{rec['epochs']}, {rec['train_loss']:.5f} / "
               f"{rec['val_output_mse']:.6f}") for stage, rec in summary["stages"].items()]
     rows += [(f"eval {k}", _value(v)) for k, v in (summary.get("eval") or {}).items()]
+    if summary.get("speed"):
+        sp = summary["speed"]
+        rows += [("speed-up (measured / predicted)", f"{sp['measured_speedup']:.2f}x / {sp['predicted_speedup']:.2f}x")]
     rows += [("time", f"{summary['seconds']} s"), ("output", str(path))]
-    _show(summary, as_json, f"vitslim compress {model} --ratio {ratio}", rows)
+    goal = f"--ratio {ratio}" if ratio is not None else f"--target-speedup {target_speedup:g}"
+    _show(summary, as_json, f"vitslim compress {model} {goal}", rows)
 
 
 @app.command("eval")

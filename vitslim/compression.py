@@ -13,7 +13,7 @@ from .engine.run import CompressionResult, Interrupted, Preempted, run
 __all__ = ["compress", "compress_run", "CompressionResult", "Interrupted", "Preempted"]
 
 
-def compress_run(model: nn.Module, ratio: float, data: Any = None, *, workdir: str | os.PathLike | None = None,
+def compress_run(model: nn.Module, ratio: float | None = None, data: Any = None, *, workdir: str | os.PathLike | None = None,
                  resume: bool = False, out: str | os.PathLike | None = None, progress: bool = True,
                  checkpoint_every: float = 60.0, on_epoch: Callable[[dict], None] | None = None,
                  **options: Any) -> CompressionResult:
@@ -23,18 +23,21 @@ def compress_run(model: nn.Module, ratio: float, data: Any = None, *, workdir: s
                progress=progress, checkpoint_every=checkpoint_every, on_epoch=on_epoch)
 
 
-def compress(model: nn.Module, ratio: float, data: Any = None, *, workdir: str | os.PathLike | None = None,
+def compress(model: nn.Module, ratio: float | None = None, data: Any = None, *, workdir: str | os.PathLike | None = None,
              resume: bool = False, out: str | os.PathLike | None = None, progress: bool = True,
              checkpoint_every: float = 60.0, on_epoch: Callable[[dict], None] | None = None,
              **options: Any) -> nn.Module:
-    """Compress ``model`` (the teacher, left unchanged) by ``ratio`` with a schedule of prune + distil
-    stages, and return the student.
+    """Compress ``model`` (the teacher, left unchanged) by ``ratio`` (or, with ``target_speedup=S``
+    instead, to widths that make its encoder S times faster on this device: see :mod:`vitslim.budget`)
+    with a schedule of prune + distil stages, and return the student.
 
     ``data``: a folder of images (None: the scikit-image samples), a (N, C, H, W) tensor of
     preprocessed images, or a Dataset of them. ``options`` (see :mod:`vitslim.engine.options`):
 
     - how each stage prunes: ``importance`` (``disturbed_taylor``), ``ranking`` (``global``),
-      ``attention`` (``head_dim``), ``round_to``, ``sigma``, ``importance_batches``;
+      ``attention`` (``head_dim``), ``round_to``, ``sigma``, ``importance_batches``, ``target_speedup``
+      (the latency model is measured on the run's device once, then cached; the file records the
+      target, the predicted and the measured speed-up);
     - the schedule: ``schedule`` (``alternate``: stage 1 prunes the embedding width and distils while
       aligning the bottleneck features with the original's; stage 2 prunes the bottlenecks and aligns
       the block outputs with stage 1's under dynamic weights ``alpha``; ``one-shot`` and

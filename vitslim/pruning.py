@@ -87,14 +87,13 @@ def check_options(ratio: Any, part: str, ranking: str, attention: str, round_to:
         raise UsageError(f"round_to must be an integer >= 1, got {round_to!r}")
 
 
-def plan(
-    model: nn.Module, ratio: float, part: str = "both", importance: Any = "disturbed_taylor",
-    ranking: str = "global", data: Any = None, attention: str = "head_dim", round_to: int = 1,
-    sigma: float = 0.01, batches: int | None = None, seed: int = 0, progress: Callable | None = None,
-    **criterion_options: Any,
-) -> PruningPlan:
-    """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
-    check_options(ratio, part, ranking, attention, round_to)
+def score_groups(
+    model: nn.Module, part: str = "both", attention: str | tuple[str, ...] = "head_dim",
+    importance: Any = "disturbed_taylor", data: Any = None, sigma: float = 0.01, batches: int | None = None,
+    seed: int = 0, progress: Callable | None = None, **criterion_options: Any,
+) -> tuple[Structure, list[ChannelGroup], dict[str, torch.Tensor], C.Criterion, float]:
+    """``model``'s channel groups for ``part`` (attention groups for each mode in ``attention``), scored by
+    the criterion in one pass over ``data``: (structure, groups, scores, criterion, seconds)."""
     family = family_of(model)
     encoder = family.encoder(model)
     structure = family.describe(model)
@@ -104,7 +103,10 @@ def plan(
         for i, params in enumerate(checked_stream_params(encoder, structure, family, model)):
             structure.set_stream_params(i, params)
     params = dict(encoder.named_parameters())
-    groups = build_groups(structure, part, attention, set(params))
+    groups: dict[str, ChannelGroup] = {}
+    for mode in (attention,) if isinstance(attention, str) else attention:
+        for g in build_groups(structure, part, mode, set(params)):
+            groups.setdefault(g.name, g)  # a block that allows one mode gives the same group for both
     crit = resolve_criterion(importance, sigma=sigma, batches=batches, seed=seed, **criterion_options)
     batches_data = as_batches(data)
     if crit.needs_data and batches_data is None:
@@ -114,7 +116,7 @@ def plan(
     t0 = time.perf_counter()
     crit.prepare(ctx)
     scores = {}
-    for g in groups:
+    for g in groups.values():
         s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten().cpu()
         if s.numel() != g.size:
             raise ValueError(f"criterion {crit.name} gave {s.numel()} scores for {g.name}, expected {g.size}")
@@ -122,13 +124,26 @@ def plan(
             raise NonFiniteError(f"the {crit.name} importance of {g.name} is not finite: the model's weights or "
                                  f"the calibration images hold NaN or infinity; nothing was pruned")
         scores[g.name] = s
+    return structure, list(groups.values()), scores, crit, time.perf_counter() - t0
+
+
+def plan(
+    model: nn.Module, ratio: float, part: str = "both", importance: Any = "disturbed_taylor",
+    ranking: str = "global", data: Any = None, attention: str = "head_dim", round_to: int = 1,
+    sigma: float = 0.01, batches: int | None = None, seed: int = 0, progress: Callable | None = None,
+    **criterion_options: Any,
+) -> PruningPlan:
+    """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
+    check_options(ratio, part, ranking, attention, round_to)
+    structure, groups, scores, crit, seconds = score_groups(model, part, attention, importance, data, sigma,
+                                                            batches, seed, progress, **criterion_options)
     keep = select(groups, scores, ratio, ranking, round_to)
-    return PruningPlan(structure, groups, scores, keep, crit, time.perf_counter() - t0)
+    return PruningPlan(structure, groups, scores, keep, crit, seconds)
 
 
 def prune(
     model: nn.Module,
-    ratio: float,
+    ratio: float | None = None,
     part: str = "both",
     importance: Any = "disturbed_taylor",
     ranking: str = "global",
@@ -140,9 +155,13 @@ def prune(
     seed: int = 0,
     inplace: bool = False,
     progress: Callable | None = None,
+    target_speedup: float | None = None,
+    latency: Any = None,
     **criterion_options: Any,
 ) -> nn.Module:
-    """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``).
+    """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``), or, with
+    ``target_speedup`` instead of a ratio, the channels that make the encoder that many times faster
+    than the dense model on this device (see :mod:`vitslim.budget`).
 
     ``importance`` scores channels: a name (``disturbed_taylor`` - the default, label-free, needs
     ``data`` -, ``taylor``, ``magnitude``, ``random``, or a plugin's), a :class:`Criterion`, or a
@@ -150,25 +169,37 @@ def prune(
     encoder: a (N,C,H,W) tensor or an iterable of batches. ``ranking="global"`` lets each block keep its
     own width, ``"uniform"`` gives all the same; ``attention="heads"`` removes whole heads instead of
     head-dim channels (a block that allows only one of the two, such as rotary attention, uses its own;
-    with grouped-query attention a "head" is a key/value head with the query heads that share it); ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches``
-    (how many calibration batches) and ``seed`` go to the criterion; ``progress(done, total)`` hears
-    about each calibration batch. Returns the pruned model (a copy
-    unless ``inplace``), with what was done recorded in its provenance.
+    with grouped-query attention a "head" is a key/value head with the query heads that share it);
+    ``round_to`` rounds kept widths to a multiple. ``sigma`` (noise std), ``batches`` (how many
+    calibration batches) and ``seed`` go to the criterion; ``progress(done, total)`` hears about each
+    calibration batch. With ``target_speedup``, ``latency`` is the device's
+    :class:`~vitslim.latency.LatencyModel` of the dense model (default: measured, or read from the cache,
+    for ``model`` on the CPU or the GPU it lives on); ranking, attention and round_to are then the
+    planner's (it chooses among whole heads, head dims and MLP widths per block). Returns the pruned
+    model (a copy unless ``inplace``), with what was done recorded in its provenance.
     """
     start = time.perf_counter()
     family = family_of(model)
+    if (ratio is None) == (target_speedup is None):
+        raise UsageError("give either a ratio or a target speed-up (not both)")
+    if target_speedup is not None:
+        from .budget import check_target
+
+        check_target(target_speedup)
+        if part not in PARTS:
+            raise UsageError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
     if not inplace:
         model = copy.deepcopy(model)
+    if target_speedup is not None:
+        return _prune_for_speed(model, family, target_speedup, latency, part, importance, data, sigma, batches,
+                                seed, progress, start, **criterion_options)
     p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
              progress, **criterion_options)
     before = p.structure.widths()
     t1 = time.perf_counter()
     remove_channels(model, family, p.structure, p.groups, p.keep)
     surgery_s = time.perf_counter() - t1
-    bad = first_nonfinite(family.encoder(model))
-    if bad is not None:
-        raise NonFiniteError(f"the pruned model's {bad} is not finite (so was the model's before pruning): "
-                             f"nothing was written")
+    _check_finite(model, family)
     if get_info(model) is not None:
         add_history(model, {
             "step": "prune", "part": part, "ratio": ratio, "criterion": p.criterion.describe(),
@@ -176,6 +207,94 @@ def prune(
             "attention_removed": sorted({g.kind for g in p.groups if g.kind in ("head_dim", "heads")}),
             "widths_before": before, "widths_after": family.describe(model).widths(),
             "seconds": {"importance": round(p.importance_seconds, 3), "surgery": round(surgery_s, 3),
+                        "total": round(time.perf_counter() - start, 3)},
+        })
+    return model
+
+
+def _check_finite(model: nn.Module, family) -> None:
+    bad = first_nonfinite(family.encoder(model))
+    if bad is not None:
+        raise NonFiniteError(f"the pruned model's {bad} is not finite (so was the model's before pruning): "
+                             f"nothing was written")
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.sort(torch.sort(-scores, stable=True).indices[:k]).values
+
+
+def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str, importance: Any, data: Any,
+                     sigma: float, batches: int | None, seed: int, progress: Callable | None, start: float,
+                     **criterion_options: Any) -> nn.Module:
+    """``prune`` for a speed-up: score every group (both attention modes), plan widths for the budget
+    (:func:`vitslim.budget.plan_widths`), then remove whole heads, MLP and residual channels in one
+    pass and head-dim channels in a second (the head-dim channels of the kept heads keep their indices)."""
+    from .budget import plan_widths
+    from .groups import attention_group
+
+    if latency is None:
+        from .latency import latency_model
+
+        latency = latency_model(model, device=str(next(family.encoder(model).parameters()).device))
+    from .budget import check_reachable
+
+    check_reachable(family.describe(model), latency, target, part in ("embedding", "both"),
+                    part in ("bottleneck", "both"))
+    dense_ms = latency.predict(latency.key["widths"])
+    # the residual widths alone are still planned jointly with the bottlenecks: score everything
+    scored = "both" if part == "embedding" else part
+    structure, groups, scores, crit, importance_s = score_groups(
+        model, scored, ("heads", "head_dim"), importance, data, sigma, batches, seed, progress, **criterion_options)
+    if part == "embedding":
+        groups = [g for g in groups if g.kind == "embedding"]
+    before = structure.widths()
+    widths, predicted = plan_widths(structure, scores, latency, dense_ms / target,
+                                    embedding=part in ("embedding", "both"), bottleneck=part in ("bottleneck", "both"))
+    if part == "embedding":  # stage 1 of alternate: the plan's residual widths only
+        widths = {**before, "embed_dim": widths["embed_dim"],
+                  **({"stream_dims": widths["stream_dims"]} if "stream_dims" in widths else {})}
+        predicted = latency.predict(widths)
+    t1 = time.perf_counter()
+    streams = [widths["embed_dim"], *widths.get("stream_dims", [])]
+    first, keep = [], {}
+    for g in groups:
+        if g.kind == "embedding":
+            k = streams[g.block or 0]
+        elif g.kind == "heads":  # one channel per key/value group (a head, without grouped-query attention)
+            w = widths["blocks"][g.block]
+            k = w["num_kv_heads"] if structure.blocks[g.block].attn.num_kv_heads else w["num_heads"]
+        elif g.kind == "mlp":
+            k = widths["blocks"][g.block]["mlp_hidden"] if g.block is not None else g.size
+        else:
+            continue  # head dims: second pass
+        if k < g.size:
+            first.append(g)
+            keep[g.name] = _top(scores[g.name], k)
+    remove_channels(model, family, structure, first, keep)
+    after = family.describe(model)
+    second, keep2 = [], {}
+    present = {name for name, _ in family.encoder(model).named_parameters()}
+    for i, w in enumerate(widths["blocks"]):
+        name = f"{structure.blocks[i].attn.module}.head_dim"
+        if name in scores and w["head_dim"] < structure.blocks[i].attn.head_dim:
+            g = attention_group(after, i, "head_dim")
+            g.members = [m for m in g.members if m[0] in present]
+            second.append(g)
+            keep2[g.name] = _top(scores[name], w["head_dim"])
+    if second:
+        remove_channels(model, family, after, second, keep2)
+    surgery_s = time.perf_counter() - t1
+    _check_finite(model, family)
+    if get_info(model) is not None:
+        add_history(model, {
+            "step": "prune", "part": part, "target_speedup": target, "criterion": crit.describe(), "seed": seed,
+            "predicted_ms": round(predicted, 3), "dense_predicted_ms": round(dense_ms, 3),
+            "predicted_speedup": round(dense_ms / predicted, 3),
+            "latency_model": {k: latency.key[k] for k in ("device", "device_type", "dtype", "batch", "threads")},
+            "attention_removed": sorted({kind for kind, removed in (
+                ("heads", any(g.kind == "heads" for g in first)), ("head_dim", bool(second))) if removed}),
+            "widths_before": before, "widths_after": family.describe(model).widths(),
+            "seconds": {"importance": round(importance_s, 3), "surgery": round(surgery_s, 3),
                         "total": round(time.perf_counter() - start, 3)},
         })
     return model

@@ -40,6 +40,7 @@ class PruneOptions:
     round_to: int = 1
     sigma: float = 0.01
     importance_batches: int | None = None
+    target_speedup: float | None = None  # instead of a ratio: widths for this speed-up (vitslim.budget)
 
     def validate(self) -> "PruneOptions":
         from ..groups import ATTENTION_MODES
@@ -55,6 +56,10 @@ class PruneOptions:
         if self.importance_batches is not None:
             _number(self.importance_batches, "importance batches", 1, integer=True)
         resolve_criterion(self.importance, sigma=self.sigma)  # an unknown name fails here, before any work
+        if self.target_speedup is not None:
+            from ..budget import check_target
+
+            self.target_speedup = check_target(self.target_speedup)
         return self
 
     def describe(self) -> dict:

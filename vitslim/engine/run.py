@@ -65,13 +65,16 @@ class CompressionResult:
 
         before, after = inspect(self.teacher), inspect(self.student)
         stages: dict[str, dict] = {}
-        for rec in get_info(self.student)["history"][-1]["log"]:
+        last = get_info(self.student)["history"][-1]
+        speed = {k: last[k] for k in ("target_speedup", "predicted_speedup", "measured_speedup", "measured_ms")
+                 if k in last}
+        for rec in last["log"]:
             stages[rec["stage"]] = {"epochs": rec["epoch"] + 1, "train_loss": rec["train"]["loss"],
                                     "val_output_mse": rec["val_output_mse"]}
         return {"before": {k: before["model"][k] for k in ("params", "macs")},
                 "after": {k: after["model"][k] for k in ("params", "macs")},
                 "stages": stages, "images": self.images, "seconds": round(self.seconds, 1),
-                "forecast": self.forecast}
+                "forecast": self.forecast, **({"speed": speed} if speed else {})}
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -120,9 +123,13 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
     from ..pruning import check_options
     from ..registry import family_of
 
-    check_options(ratio, "both", prune.ranking, prune.attention, prune.round_to)
     prune.validate()
-    train.validate(ratio)
+    if (ratio is None) == (prune.target_speedup is None):
+        raise UsageError("give either a ratio or a target speed-up (not both)")
+    if prune.target_speedup is not None and train.schedule not in ("alternate", "one-shot"):
+        raise UsageError(f"a target speed-up works with the alternate and one-shot schedules, not {train.schedule}")
+    check_options(0.0 if ratio is None else ratio, "both", prune.ranking, prune.attention, prune.round_to)
+    train.validate(ratio or 0.0)
     if out is not None:
         check_writable(out)
     workdir = Path(workdir) if workdir is not None else default_workdir(out)
@@ -135,7 +142,7 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         raise UsageError(f"batch size {train.batch_size} must be a multiple of the {size} processes")
     steps_per_epoch = math.ceil(math.ceil(len(train_idx) / train.batch_size) / train.accum)
     opts = train.resolved(max(s.width for s in family.describe(model).streams()), device, steps_per_epoch)
-    stages = build_schedule(opts.schedule, ratio, opts.epochs, opts.alpha)
+    stages = build_schedule(opts.schedule, ratio or 0.0, opts.epochs, opts.alpha)
     identity = run_identity(model, dataset, ratio, prune.describe(), opts.describe())
     if resume and not (workdir / CHECKPOINT).is_file():  # before the lock creates the folder
         raise UsageError(f"nothing to resume: no {workdir / CHECKPOINT} (start without --resume)")
@@ -151,10 +158,16 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         forecast = _forecast(stages, state, steps_per_epoch, opts, prune, len(train_idx), len(val_idx))
         ui.forecast = forecast
         signals = StopSignals()
+        latency = None
+        if prune.target_speedup is not None:
+            latency = _latency_model(model, opts, ui)
+            from ..budget import check_reachable
+
+            check_reachable(family.describe(model), latency, prune.target_speedup)
         shared = RunState(family, original, Subset(dataset, train_idx), Subset(dataset, val_idx), steps_per_epoch,
                           prune, opts, checkpointer, ui, family.optimize if opts.fast else (lambda m: m), on_epoch,
                           stop=signals, stop_error=lambda: _preempted(checkpointer, workdir, signals.request),
-                          forecast=forecast)
+                          forecast=forecast, latency=latency)
         started = time.perf_counter()
         try:
             with frozen(original), signals:
@@ -166,9 +179,12 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         if bad is not None:
             raise NonFiniteError(f"diverged: the student's {bad} is not finite; the output was not written: "
                                  f"try a lower --lr")
+    speed = {}
+    if latency is not None:
+        speed = {"target_speedup": prune.target_speedup, **_measured_speedup(model, final, latency, opts, ui)}
     from ..info import add_history
 
-    add_history(final, {"step": "distill", "ratio": ratio, **opts.describe(), "importance": prune.describe()["importance"],
+    add_history(final, {"step": "distill", "ratio": ratio, **speed, **opts.describe(), "importance": prune.describe()["importance"],
                         "images": {"train": len(train_idx), "val": len(val_idx)}, "log": shared.history,
                         "seconds": round(seconds, 2)})
     final.cpu()
@@ -200,6 +216,37 @@ def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
         current = run_stage(run, index, stages, current, resume=state if index == first else None)
         state = None
     return current
+
+
+def _latency_dtype(opts: TrainOptions) -> str:
+    return "bf16" if opts.amp_dtype() is not None else "fp32"
+
+
+def _latency_model(model: nn.Module, opts: TrainOptions, ui):
+    """The teacher's latency model on the run's device (measured once per device, then cached)."""
+    from ..latency import cache_path, latency_model, model_key
+
+    cached = cache_path(model_key(model, opts.device, _latency_dtype(opts), 1)).is_file()
+    with ui.bar("latency model: timing the blocks" if not cached else "latency model (cached)") as tick:
+        lat = latency_model(model, device=opts.device, dtype=_latency_dtype(opts), progress=tick)
+    if not cached:
+        ui.note(f"latency model of {opts.device} measured in {lat.seconds:.0f} s (cached for later runs)")
+    return lat
+
+
+def _measured_speedup(teacher: nn.Module, student: nn.Module, latency, opts: TrainOptions, ui) -> dict:
+    """The student's measured speed-up over the teacher (fused attention on both), for the provenance."""
+    from ..api import describe
+    from ..latency import measured_ms
+
+    with ui.status("timing the teacher and the student"):
+        dense = measured_ms(teacher, opts.device, _latency_dtype(opts))
+        slim = measured_ms(student, opts.device, _latency_dtype(opts))
+    predicted = latency.predict(latency.key["widths"]) / latency.predict(describe(student).widths())
+    ui.note(f"speed-up: {dense / slim:.2f}x measured ({dense:.1f} -> {slim:.1f} ms on {opts.device}), "
+            f"{predicted:.2f}x predicted")
+    return {"measured_ms": {"teacher": round(dense, 3), "student": round(slim, 3)},
+            "measured_speedup": round(dense / slim, 3), "predicted_speedup": round(predicted, 3)}
 
 
 def _forecast(stages, state: dict | None, steps_per_epoch: int, opts: TrainOptions, prune: PruneOptions,

@@ -40,6 +40,7 @@ class RunState:
     stop: Any = None  # faults.StopSignals of the run (None: signals are not caught)
     stop_error: Callable[[], Exception] | None = None  # what to raise once stopped and checkpointed
     forecast: Any = None  # forecast.Forecast of the run
+    latency: Any = None  # the device's latency.LatencyModel of the teacher, with a target speed-up
 
 
 def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
@@ -62,9 +63,10 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
             if run.stop is not None and run.stop.requested():
                 raise run.stop_error()
 
-        student = prune(current, stage.ratio, part=stage.part, importance=p.importance, ranking=p.ranking,
-                        data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
-                        batches=p.importance_batches, seed=run.train.seed + index, progress=progress)
+        speed = {"target_speedup": p.target_speedup, "latency": run.latency} if p.target_speedup else {}
+        student = prune(current, None if speed else stage.ratio, part=stage.part, importance=p.importance,
+                        ranking=p.ranking, data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
+                        batches=p.importance_batches, seed=run.train.seed + index, progress=progress, **speed)
     return student.to(run.train.device)
 
 
