@@ -169,9 +169,10 @@ def _guarded(action: Callable[[], Any]) -> tuple[Any, str | None]:
 def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup: int = 1, fast: bool = False,
               dtype: str = "fp32", device: str | None = None, compile: bool = False,
               img_size: int | None = None, onnxruntime: bool = False, kernels: list[str] | None = None,
-              cuda_graphs: bool = False, rounds: int = 3, progress=None) -> dict[str, Any]:
+              cuda_graphs: bool = False, rounds: int = 3, progress=None, plain: bool = True) -> dict[str, Any]:
     """Time each spec's encoder: plain, with ``fast`` also after :func:`vitslim.optimize` (row
-    ``fast``), with ``kernels`` also once per named fused kernel (rows ``fast:KERNEL``), and with
+    ``fast``; ``plain=False`` leaves the plain row out), with ``kernels`` also once per named fused kernel
+    (rows ``fast:KERNEL``), and with
     ``onnxruntime`` also exported to ONNX and run by onnxruntime on the CPU. ``compile`` wraps each
     encoder in ``torch.compile``; ``cuda_graphs`` captures it as a CUDA graph (GPU only).
 
@@ -189,7 +190,8 @@ def benchmark(specs: list[str], batch: int = 1, runs: int | None = None, warmup:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cuda_graphs and not device.startswith("cuda"):
         raise UsageError("CUDA graphs need a CUDA device (--device cuda)")
-    paths = [("plain", None)] + ([("fast", "auto")] if fast else []) + [(f"fast:{k}", k) for k in kernels or []]
+    paths = ([("plain", None)] if plain or not (fast or kernels) else []) + ([("fast", "auto")] if fast else []) \
+        + [(f"fast:{k}", k) for k in kernels or []]
     runs = runs or (50 if device.startswith("cuda") else 1)
     rows, timers, family, model = [], [], None, None
     for spec in specs:

@@ -12,6 +12,6 @@ def vitslim_families():
 
 @hookimpl
 def vitslim_testbeds():
-    from .digits import DigitsTestbed
+    from .digits import DigitsTestbed, ManyHeadDigitsTestbed
 
-    return [DigitsTestbed()]
+    return [DigitsTestbed(), ManyHeadDigitsTestbed()]

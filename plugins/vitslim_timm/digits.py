@@ -74,6 +74,7 @@ class DigitsTestbed(Testbed):
     about = "a 4-block timm ViT (width 96, 3 heads) on scikit-learn's handwritten digits"
     demo = {"ratio": 0.5, "fraction": 0.01, "batch": 64, "runs": 20}
     recipe = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1}
+    config = CONFIG
 
     def train_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         x = digits_split()["x_train"]
@@ -91,7 +92,7 @@ class DigitsTestbed(Testbed):
         data = digits_split()
         x, y = data["x_train"], data["y_train"]
         torch.manual_seed(seed)
-        model = vitslim.create(ARCH, pretrained=False, **CONFIG)
+        model = vitslim.create(ARCH, pretrained=False, **self.config)
         steps_per_epoch = math.ceil(len(x) / r["batch_size"])
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["epochs"] * steps_per_epoch,
@@ -131,3 +132,13 @@ class DigitsTestbed(Testbed):
             if teacher is not None:
                 out["top1_agreement"] = float((pred == teacher.eval()(data["x_test"]).argmax(-1)).float().mean()) * 100
         return out
+
+
+class ManyHeadDigitsTestbed(DigitsTestbed):
+    """The digits testbed with SAM-B's 12 heads (width 192, 12 heads of 16): enough heads for whole-head
+    pruning to be a real choice, as it is for SAM-B and ViT-B."""
+
+    name = "digits-vit12"
+    about = "a 4-block timm ViT with 12 heads (width 192, head dim 16) on scikit-learn's handwritten digits"
+    demo: dict = {}
+    config = {**CONFIG, "embed_dim": 192, "num_heads": 12}

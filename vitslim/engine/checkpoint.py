@@ -76,7 +76,7 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         "model": info.get("name"), "config": json.loads(json.dumps(info.get("config", {}), default=str)),
         "teacher_weights": fingerprint_model(teacher), "data": fingerprint_data(dataset), "ratio": ratio,
         **{k: prune_options[k] for k in ("importance", "ranking", "attention", "round_to", "sigma", "importance_batches")},
-        **({"target_speedup": prune_options["target_speedup"]} if prune_options.get("target_speedup") else {}),
+        **({k: prune_options[k] for k in ("target_speedup", "latency_batch")} if prune_options.get("target_speedup") else {}),
         **{k: train_options[k] for k in keep},
     }
 

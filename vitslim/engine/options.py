@@ -41,6 +41,7 @@ class PruneOptions:
     sigma: float = 0.01
     importance_batches: int | None = None
     target_speedup: float | None = None  # instead of a ratio: widths for this speed-up (vitslim.budget)
+    latency_batch: int = 1  # the batch the speed-up is for (the latency model is timed at it)
 
     def validate(self) -> "PruneOptions":
         from ..groups import ATTENTION_MODES
@@ -56,6 +57,7 @@ class PruneOptions:
         if self.importance_batches is not None:
             _number(self.importance_batches, "importance batches", 1, integer=True)
         resolve_criterion(self.importance, sigma=self.sigma)  # an unknown name fails here, before any work
+        _number(self.latency_batch, "latency batch", 1, integer=True)
         if self.target_speedup is not None:
             from ..budget import check_target
 

@@ -160,7 +160,7 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         signals = StopSignals()
         latency = None
         if prune.target_speedup is not None:
-            latency = _latency_model(model, opts, ui)
+            latency = _latency_model(model, opts, ui, prune.latency_batch)
             from ..budget import check_reachable
 
             check_reachable(family.describe(model), latency, prune.target_speedup)
@@ -181,7 +181,8 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
                                  f"try a lower --lr")
     speed = {}
     if latency is not None:
-        speed = {"target_speedup": prune.target_speedup, **_measured_speedup(model, final, latency, opts, ui)}
+        speed = {"target_speedup": prune.target_speedup,
+                 **_measured_speedup(model, final, latency, opts, ui, prune.latency_batch)}
     from ..info import add_history
 
     add_history(final, {"step": "distill", "ratio": ratio, **speed, **opts.describe(), "importance": prune.describe()["importance"],
@@ -222,26 +223,26 @@ def _latency_dtype(opts: TrainOptions) -> str:
     return "bf16" if opts.amp_dtype() is not None else "fp32"
 
 
-def _latency_model(model: nn.Module, opts: TrainOptions, ui):
+def _latency_model(model: nn.Module, opts: TrainOptions, ui, batch: int):
     """The teacher's latency model on the run's device (measured once per device, then cached)."""
     from ..latency import cache_path, latency_model, model_key
 
-    cached = cache_path(model_key(model, opts.device, _latency_dtype(opts), 1)).is_file()
+    cached = cache_path(model_key(model, opts.device, _latency_dtype(opts), batch)).is_file()
     with ui.bar("latency model: timing the blocks" if not cached else "latency model (cached)") as tick:
-        lat = latency_model(model, device=opts.device, dtype=_latency_dtype(opts), progress=tick)
+        lat = latency_model(model, device=opts.device, dtype=_latency_dtype(opts), batch=batch, progress=tick)
     if not cached:
         ui.note(f"latency model of {opts.device} measured in {lat.seconds:.0f} s (cached for later runs)")
     return lat
 
 
-def _measured_speedup(teacher: nn.Module, student: nn.Module, latency, opts: TrainOptions, ui) -> dict:
+def _measured_speedup(teacher: nn.Module, student: nn.Module, latency, opts: TrainOptions, ui, batch: int) -> dict:
     """The student's measured speed-up over the teacher (fused attention on both), for the provenance."""
     from ..api import describe
     from ..latency import measured_ms
 
     with ui.status("timing the teacher and the student"):
-        dense = measured_ms(teacher, opts.device, _latency_dtype(opts))
-        slim = measured_ms(student, opts.device, _latency_dtype(opts))
+        dense = measured_ms(teacher, opts.device, _latency_dtype(opts), batch)
+        slim = measured_ms(student, opts.device, _latency_dtype(opts), batch)
     predicted = latency.predict(latency.key["widths"]) / latency.predict(describe(student).widths())
     ui.note(f"speed-up: {dense / slim:.2f}x measured ({dense:.1f} -> {slim:.1f} ms on {opts.device}), "
             f"{predicted:.2f}x predicted")
