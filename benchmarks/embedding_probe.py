@@ -8,7 +8,7 @@ Embedding-only pruning, uniform, calibrated on 64 training images (5 subsets for
 and an oracle-like single-channel ablation (the output MSE when one channel is zeroed at the patch
 embedding, i.e. everywhere). "refit": after pruning, each LayerNorm's weight and bias are refitted per
 kept channel, in forward order, by least squares so that its output matches the teacher's (the
-candidate the quality issue proposed). Not adopted in the engine: see the README's Quality section.
+candidate the quality issue proposed). Not adopted in the engine: see docs/quality.md.
 """
 
 from __future__ import annotations

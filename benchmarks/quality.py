@@ -147,7 +147,7 @@ def _key(job: dict) -> str:
 
 
 class _Markdown:
-    """A stand-in for rich's Table that prints a Markdown table (for the README)."""
+    """A stand-in for rich's Table that prints a Markdown table (for the docs)."""
 
     def __init__(self, title: str):
         self.title, self.columns, self.rows = title, [], []

@@ -7,7 +7,7 @@ tables (``bh``: N x H, ``bw``: N x W per head) are handed to a fused kernel. Ker
 - ``sdpa``: one ``scaled_dot_product_attention`` call with the terms expanded into an additive mask;
 - ``chunked``: the same, one block of queries at a time, so each block's mask stays in the CPU's cache
   (forward: 1.9x faster than ``sdpa`` on a SAM-B 0.77 global block on the CPU; under autograd larger
-  blocks, as fast as ``sdpa`` with a lower peak: see ``benchmarks/attention.py`` and the README);
+  blocks, as fast as ``sdpa`` with a lower peak: see ``benchmarks/attention.py`` and docs/results.md);
 - ``flex``: ``flex_attention`` (compiled once per shape) with a ``score_mod`` that reads the two
   tables, so no mask is ever materialised; head dims below 16 are zero-padded to 16 (the GPU lowering
   needs 16; the scale is passed explicitly, so the result is unchanged);

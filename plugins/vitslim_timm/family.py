@@ -1,5 +1,5 @@
 """The timm family: timm's plain Vision Transformers (ViT, DeiT, EVA, BEiT, relpos, samvit, hybrids,
-NaFlexVit), whatever their attention kind; see the README's coverage table for what is refused and why."""
+NaFlexVit), whatever their attention kind; see docs/plugins.md's coverage table for what is refused and why."""
 
 from __future__ import annotations
 
