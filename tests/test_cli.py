@@ -302,3 +302,18 @@ def test_the_cli_starts_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "timm" in done.stdout and "sam2" in done.stdout  # plugins listed their families
+
+
+@pytest.mark.parametrize("argv", [
+    ["compress", "digits-vit", "--ratio", "0.5"],
+    ["prune", "timm:vit_nonsense", "--ratio", "0.5"],
+    ["compress", "sam-b", "--ratio", "0.5", "--checkpoint", "/no/such/file.pth"],
+    ["eval", "/no/such/student.pt"],
+])
+def test_errors_about_the_command_line_come_before_any_warning(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code in (1, 2)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err  # no "no --data" warning first
+    assert list(tmp_path.iterdir()) == []
