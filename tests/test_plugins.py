@@ -9,8 +9,8 @@ from vitslim.registry import families, importances
 
 def test_builtin_families_come_from_entry_points(capsys):
     eps = {ep.name: ep.value for ep in entry_points(group="vitslim")}
-    assert eps == {"sam": "vitslim_sam", "timm": "vitslim_timm", "sam2": "vitslim_sam2"}
-    assert {f.name for f in families()} == {"sam", "timm", "sam2"}
+    assert eps == {"sam": "vitslim_sam", "timm": "vitslim_timm", "sam2": "vitslim_sam2", "sam3": "vitslim_sam3"}
+    assert {f.name for f in families()} == {"sam", "timm", "sam2", "sam3"}
     main(["plugins", "--json"])
     rows = {r["plugin"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["sam"]["families"] == {"sam": ["sam-b", "sam-l", "sam-h"]}
@@ -18,8 +18,9 @@ def test_builtin_families_come_from_entry_points(capsys):
     assert rows["timm"]["families"]["timm"][0] == "timm:<model>"
     assert rows["sam2"]["families"] == {"sam2": ["sam2-t", "sam2-s", "sam2-b+", "sam2-l"]}
     assert rows["sam2"]["testbeds"] == ["shapes-sam2"]
+    assert rows["sam3"]["families"] == {"sam3": ["sam3"]}
     assert set(rows["vitslim.criteria"]["importances"]) == {"disturbed_taylor", "taylor", "magnitude", "random"}
-    assert rows["sam"]["testbeds"] == ["shapes-sam"] and rows["timm"]["testbeds"] == ["digits-vit"]
+    assert rows["sam"]["testbeds"] == ["shapes-sam"] and rows["timm"]["testbeds"] == ["digits-vit", "digits-vit12"]
     assert set(importances()) >= {"disturbed_taylor", "magnitude"}
 
 
@@ -45,7 +46,8 @@ def test_core_imports_no_family_package():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("segment_anything", "sam2", "timm", "vitslim_")), f"{path}: {name}"
+                assert not name.startswith(("segment_anything", "sam2", "sam3", "transformers", "timm", "vitslim_")), \
+                    f"{path}: {name}"
 
 
 def test_core_never_tests_a_family_name():

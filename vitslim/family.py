@@ -114,6 +114,12 @@ class Family:
         names those the rest of its model reads."""
         return [output]
 
+    def graph_outputs(self, output: Any) -> list[torch.Tensor]:
+        """The tensors torch-pruning's dependency graph is traced to (default: :meth:`output_features`);
+        a family whose encoder computes an output the rest of its model does not read, but whose layers
+        still read the residual, names it here too, so the graph finds those layers."""
+        return self.output_features(output)
+
     def on_head_dim_pruned(self, attn: nn.Module, old_head_dim: int) -> None:
         """Called after pruning changed ``attn``'s head dim, so that it computes what the original model
         computes with the removed channels zeroed (keep the original attention scale)."""

@@ -66,8 +66,9 @@ def _members_of(target, out_side: bool, axis: int, names: dict) -> list[tuple[st
     found = []
     for leaf, _ in target.named_parameters(recurse=False):
         if isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
+            transposed = isinstance(target, nn.modules.conv._ConvTransposeNd)  # weight is (in, out, ...)
             if leaf == "weight":
-                found.append((f"{name}.weight", 0 if out_side else 1))
+                found.append((f"{name}.weight", (0 if out_side else 1) if not transposed else (1 if out_side else 0)))
             elif out_side:
                 found.append((f"{name}.{leaf}", 0))
         elif isinstance(target, (nn.LayerNorm, nn.GroupNorm)):
@@ -78,9 +79,24 @@ def _members_of(target, out_side: bool, axis: int, names: dict) -> list[tuple[st
     return found
 
 
-def stream_params_from_graph(encoder: nn.Module, structure: Structure, input_shape: tuple[int, ...]) -> list[list[tuple[str, int]]]:
+class _Features(nn.Module):
+    """The encoder as the graph traces it: its output features as a list (a model output object, such as
+    transformers' dataclasses, is not something torch-pruning's tracer reads reliably)."""
+
+    def __init__(self, encoder: nn.Module, features):
+        super().__init__()
+        self.encoder = encoder
+        self.features = features
+
+    def forward(self, x):
+        return list(self.features(self.encoder(x)))
+
+
+def stream_params_from_graph(encoder: nn.Module, structure: Structure, input_shape: tuple[int, ...],
+                             features=None) -> list[list[tuple[str, int]]]:
     """For each residual stream (see :meth:`Structure.streams`), every ``(param name, axis)`` coupled to
-    the output channels of its root, from one dependency graph.
+    the output channels of its root, from one dependency graph of ``encoder`` (its output mapped by
+    ``features``, the family's :meth:`~vitslim.Family.graph_outputs`, when given).
 
     Parameters not owned by a standard layer (position embeddings, tokens, SAM's rel-pos tables, ...)
     are given to the graph with the axes the structure description names.
@@ -93,7 +109,7 @@ def stream_params_from_graph(encoder: nn.Module, structure: Structure, input_sha
     declared += [m for block in structure.blocks for m in block.attn.head_dim_params]
     unwrapped = [(params[n], axis) for n, axis in dict.fromkeys(declared)
                  if n in params and not _owner_is_layer(shadow, n)]
-    dg = _build_graph(shadow, input_shape, unwrapped)
+    dg = _build_graph(shadow if features is None else _Features(shadow, features), input_shape, unwrapped)
     found = []
     for stream in structure.streams():
         members: list[tuple[str, int]] = []
@@ -116,7 +132,7 @@ def checked_stream_params(encoder: nn.Module, structure: Structure, family: Fami
     """Each residual stream's coupling from the graph (at the family's input size), which must equal the
     family's description: loading a saved file relies on the description alone. A disagreement is one
     clear :class:`UsageError`."""
-    found = stream_params_from_graph(encoder, structure, family.input_shape(model))
+    found = stream_params_from_graph(encoder, structure, family.input_shape(model), family.graph_outputs)
     for stream, params in zip(structure.streams(), found):
         missing = sorted(set(params) - set(stream.params))
         extra = sorted(set(stream.params) - set(params))

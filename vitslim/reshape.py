@@ -37,6 +37,9 @@ def sync_attributes(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.conv._ConvTransposeNd):  # weight (in, out / groups, ...)
+            m.in_channels = m.weight.shape[0]
+            m.out_channels = m.weight.shape[1] * m.groups
         elif isinstance(m, nn.modules.conv._ConvNd):
             m.out_channels = m.weight.shape[0]
             m.in_channels = m.weight.shape[1] * m.groups
