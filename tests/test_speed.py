@@ -122,7 +122,7 @@ def test_bottleneck_speedup_pruning_equals_zeroing(linear, tiny_timm, photos):
         assert (slim(x) - zeroed(x)).abs().max() < 1e-5
 
 
-def test_a_speedup_file_records_its_target_and_loads_back_identically(linear, tiny_timm, photos, tmp_path):
+def test_a_speedup_file_records_its_target_and_loads_back_identically(linear, tiny_timm, photos, tmp_path, capsys):
     slim = vitslim.prune(tiny_timm, target_speedup=2.0, data=resize_batch(photos, 64), latency=linear)
     path = vitslim.save(slim, tmp_path / "fast.pt")
     back = vitslim.load(path)
@@ -131,6 +131,11 @@ def test_a_speedup_file_records_its_target_and_loads_back_identically(linear, ti
     step = get_info(back)["history"][-1]
     assert step["target_speedup"] == 2.0 and step["predicted_speedup"] >= 2.0
     assert step["latency_model"]["device_type"] == "cpu"
+    from vitslim.cli import main
+
+    main(["inspect", str(path)])
+    text = capsys.readouterr().out
+    assert "history: prune both for a 2x speed-up" in text and "predicted on" in text
 
 
 @pytest.mark.parametrize("value,needle", [("1", "must be a number > 1"), ("0.5", "must be a number > 1"),

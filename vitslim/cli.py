@@ -101,12 +101,21 @@ def _history_line(step: dict) -> str:
         crit = step.get("criterion", {}).get("name")
         removed = step.get("attention_removed", [step.get("attention")])  # what the blocks allowed
         modes = f", {' and '.join(removed)}" if removed else ""
+        if step.get("target_speedup"):
+            lat = step.get("latency_model", {})
+            measured = f", {step['measured_speedup']:.2f}x measured" if "measured_speedup" in step else ""
+            return (f"prune {step.get('part')} for a {step['target_speedup']:g}x speed-up ({crit}{modes}): "
+                    f"{step.get('predicted_speedup', 0):.2f}x predicted{measured} on {lat.get('device')} "
+                    f"({lat.get('dtype')}, batch {lat.get('batch')}), in {step.get('seconds', {}).get('total')} s")
         return (f"prune {step.get('part')} by {step.get('ratio')} ({crit}, {step.get('ranking')} ranking{modes}) "
                 f"in {step.get('seconds', {}).get('total')} s")
     if kind == "distill":
         stages = sorted({r["stage"] for r in step.get("log", [])}, key=[r["stage"] for r in step.get("log", [])].index)
         images = step.get("images", {})
-        return (f"distill: {step.get('schedule')} to {step.get('ratio')} ({', '.join(stages)}), "
+        goal = step.get("ratio") if step.get("ratio") is not None else f"a {step.get('target_speedup'):g}x speed-up"
+        speed = (f", {step['measured_speedup']:.2f}x measured ({step['predicted_speedup']:.2f}x predicted)"
+                 if "measured_speedup" in step else "")
+        return (f"distill: {step.get('schedule')} to {goal}{speed} ({', '.join(stages)}), "
                 f"{step.get('epochs')} epochs per stage, lr {step.get('lr'):.2g} {step.get('lr_schedule')}, "
                 f"augment {step.get('augment')}, {images.get('train')} + {images.get('val')} images, "
                 f"{step.get('seconds')} s")
