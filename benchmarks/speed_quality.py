@@ -112,6 +112,15 @@ def sam_rows(args, folder: Path) -> tuple[list[dict], dict]:
                          "widths": vitslim.describe(slim).widths(), "seconds": round(time.perf_counter() - started, 1)})
             print(f"sam-b --target-speedup {r['target_speedup']:g}: predicted {step['predicted_speedup']:.2f}x "
                   f"({rows[-1]['seconds']} s)", file=sys.stderr, flush=True)
+    from vitslim.bench import build
+    from vitslim.latency import latency_model
+
+    lat = latency_model(sam)  # measured by the first target's prune (or now), then cached
+    dense_pred = lat.predict(vitslim.describe(sam).widths())
+    for row, spec in zip(rows, specs):
+        widths = row.get("widths") or vitslim.describe(build(spec)).widths()
+        row["predicted_ms"] = lat.predict(widths)
+        row["predicted_speedup"] = dense_pred / row["predicted_ms"]
     timing = benchmark(specs, batch=1, runs=1, warmup=1, fast=True, plain=False, rounds=args.rounds)
     for row, t in zip(rows, timing["rows"]):
         row.update({"label": label(row) if row["recipe"] != "dense" else "dense", "ms": t["median_ms"],
@@ -120,7 +129,8 @@ def sam_rows(args, folder: Path) -> tuple[list[dict], dict]:
         dense_macs = timing["rows"][0]["macs_with_attention"]
         cut = dense_macs / t["macs_with_attention"]
         row["mac_cut"] = cut
-        row["realised"] = (t["speedup"] - 1) / (cut - 1) if cut > 1 and t["speedup"] else None
+        row["realised"] = t["speedup"] / cut if cut > 1 and t["speedup"] else None  # speed-up / MAC cut
+    timing["latency_model_seconds"] = lat.seconds
     return rows, timing
 
 
@@ -143,13 +153,14 @@ def table(result: dict) -> str:
     sam = result.get("sam")
     if sam:
         lines += ["SAM-B encoder, 1024 x 1024, batch 1, fused attention:", "",
-                  "| recipe | params | MACs with attention | ms | measured speed-up | share of the MAC cut realised |",
-                  "|---|---|---|---|---|---|"]
+                  "| recipe | params | MACs with attention (cut) | ms | predicted ms | measured speed-up (predicted) "
+                  "| share of the MAC cut realised |",
+                  "|---|---|---|---|---|---|---|"]
         for r in sam["rows"]:
-            pred = f" (predicted {r['predicted_speedup']:.2f}x)" if "predicted_speedup" in r else ""
             share = f"{r['realised']:.0%}" if r.get("realised") is not None else "-"
-            lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e9:.1f}G | {r['ms']:.0f} "
-                         f"({r['spread_ms'][0]:.0f}-{r['spread_ms'][1]:.0f}) | {r['speedup']:.2f}x{pred} | {share} |")
+            lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e9:.1f}G ({r['mac_cut']:.1f}x) | "
+                         f"{r['ms']:.0f} ({r['spread_ms'][0]:.0f}-{r['spread_ms'][1]:.0f}) | {r['predicted_ms']:.0f} | "
+                         f"{r['speedup']:.2f}x ({r['predicted_speedup']:.2f}x) | {share} |")
     return "\n".join(lines)
 
 
@@ -213,7 +224,8 @@ def main() -> None:
                                  "timing": {k: timing[k] for k in ("device", "threads", "batch", "rounds", "runs_per_round")}}
         if args.sam_b:
             rows, timing = sam_rows(args, Path(tmp))
-            result["sam"] = {"rows": rows, "timing": {k: timing[k] for k in ("device", "threads", "rounds")}}
+            result["sam"] = {"rows": rows, "timing": {k: timing[k] for k in ("device", "threads", "rounds",
+                                                                             "latency_model_seconds")}}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
     print(table(result))
