@@ -43,7 +43,7 @@ def linear(tiny_timm):
                       [0.05 * f for f in fracs])
     blocks = len(tiny_timm.blocks)
     return LatencyModel(key=model_key(tiny_timm, "cpu", "fp32", 1), fractions=fracs, streams=[48],
-                        kinds={"k": table}, block_kind=["k"] * blocks, rest=[0.1 * f for f in fracs],
+                        kinds={"k": table}, block_kind=["k"] * blocks,
                         encoder=[(0.1 + blocks * 1.298) * f for f in fracs])
 
 
@@ -79,7 +79,7 @@ def test_the_latency_model_is_cached_per_device(latency, tiny_timm, cache, monke
 @pytest.mark.parametrize("part", ["both", "bottleneck"])
 def test_prune_for_a_speedup_meets_its_predicted_budget(part, linear, tiny_timm, photos):
     data = resize_batch(photos, 64)
-    slim = vitslim.prune(tiny_timm, target_speedup=2.0, part=part, data=data, latency=linear)
+    slim = vitslim.prune(tiny_timm, target_speedup=2.0, part=part, data=data, latency=linear, verify=False)
     step = get_info(slim)["history"][-1]
     dense_ms = linear.predict(vitslim.describe(tiny_timm).widths())
     predicted = linear.predict(vitslim.describe(slim).widths())
@@ -98,7 +98,7 @@ def test_bottleneck_speedup_pruning_equals_zeroing(linear, tiny_timm, photos):
     from vitslim.pruning import _top, score_groups
 
     data = resize_batch(photos, 64)
-    slim = vitslim.prune(tiny_timm, target_speedup=1.6, part="bottleneck", data=data, latency=linear)
+    slim = vitslim.prune(tiny_timm, target_speedup=1.6, part="bottleneck", data=data, latency=linear, verify=False)
     widths = vitslim.describe(slim).widths()
     _, groups, scores, _, _ = score_groups(tiny_timm, "bottleneck", ("heads", "head_dim"), data=data)
     zeroed = copy.deepcopy(tiny_timm)
@@ -123,7 +123,7 @@ def test_bottleneck_speedup_pruning_equals_zeroing(linear, tiny_timm, photos):
 
 
 def test_a_speedup_file_records_its_target_and_loads_back_identically(linear, tiny_timm, photos, tmp_path, capsys):
-    slim = vitslim.prune(tiny_timm, target_speedup=2.0, data=resize_batch(photos, 64), latency=linear)
+    slim = vitslim.prune(tiny_timm, target_speedup=2.0, data=resize_batch(photos, 64), latency=linear, verify=False)
     path = vitslim.save(slim, tmp_path / "fast.pt")
     back = vitslim.load(path)
     for (k, a), (_, b) in zip(slim.state_dict().items(), back.state_dict().items()):
@@ -177,7 +177,27 @@ def test_compress_for_a_speedup_records_target_prediction_and_measurement(linear
     result = vitslim.compress_run(tiny_timm, data=data, target_speedup=2.0, epochs=1, batch_size=2,
                                   importance_batches=2, progress=False, workdir=tmp_path / "w", out=tmp_path / "f.pt")
     speed = result.summary()["speed"]
-    assert speed["target_speedup"] == 2.0 and speed["predicted_speedup"] >= 2.0 and speed["measured_speedup"] > 0
+    assert speed["target_speedup"] == 2.0 and speed["predicted_speedup"] > 1 and speed["measured_speedup"] > 0
     steps = [s for s in get_info(vitslim.load(tmp_path / "f.pt"))["history"] if s["step"] == "prune"]
     assert [s["part"] for s in steps] == ["embedding", "bottleneck"] and all(s["target_speedup"] == 2 for s in steps)
     assert json.dumps(speed)  # plain data, for --json
+
+
+def test_a_plan_that_misses_when_timed_is_corrected(linear, tiny_timm, photos, monkeypatch):
+    """The plan is timed; a measured miss tightens the budget and plans again (here the 'device' is a
+    stand-in whose time is the latency model's prediction x 1.5 for every pruned model: the first plan
+    lands at 2/1.5 = 1.33x, the corrected one at the target)."""
+    import vitslim.latency as lat
+
+    dense = linear.predict(vitslim.describe(tiny_timm).widths())
+
+    def timed(model, *a, **k):
+        widths = vitslim.describe(model).widths()
+        return dense if widths == linear.key["widths"] else 1.5 * linear.predict(widths)
+
+    monkeypatch.setattr(lat, "measured_ms", timed)
+    slim = vitslim.prune(tiny_timm, target_speedup=2.0, data=resize_batch(photos, 64), latency=linear)
+    step = get_info(slim)["history"][-1]
+    assert step["attempts"] >= 2
+    assert 0.97 * 2.0 <= step["measured_speedup"] <= 1.1 * 2.0
+    assert step["predicted_speedup"] > 2.5  # the plan asked the model for more, to get 2x measured

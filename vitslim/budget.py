@@ -108,13 +108,22 @@ def plan_widths(structure: Structure, scores: dict[str, torch.Tensor], latency: 
         write(b, w)
         return latency.block_ms(i, f, w)
 
+    def current() -> dict:
+        w = copy.deepcopy(widths)
+        w["embed_dim"] = streams[0]
+        if "stream_dims" in w:
+            w["stream_dims"] = streams[1:]
+        for b, bw in zip(blocks, w["blocks"]):
+            write(b, bw)
+        return w
+
     def total() -> float:
-        f = frac()
-        return latency.rest_ms(f) + sum(block_ms(i, b, f) for i, b in enumerate(blocks))
+        return latency.predict(current())
 
     now = total()
     while now > target_ms:
         f = frac()
+        _, scale = latency.context(f)  # block milliseconds, as they add up inside the encoder
         best = finisher = None  # (importance lost per ms saved, apply, lost); (lost, apply, lost)
 
         def consider(lost: float, saved: float, apply) -> None:
@@ -138,7 +147,8 @@ def plan_widths(structure: Structure, scores: dict[str, torch.Tensor], latency: 
                 for attr, value, lost in moves:
                     trial = copy.copy(b)
                     setattr(trial, attr, value)
-                    consider(lost, base - block_ms(i, trial, f), lambda b=b, attr=attr, value=value: setattr(b, attr, value))
+                    consider(lost, scale * (base - block_ms(i, trial, f)),
+                             lambda b=b, attr=attr, value=value: setattr(b, attr, value))
         for step in range(round(f * EMBED_STEPS) - 1, round(MIN_FRACTION * EMBED_STEPS) - 1, -1) if embedding else ():
             after = [max(1, round(s0 * step / EMBED_STEPS)) for s0 in streams0]
             lost = sum(_lost(sc, s, a) for sc, s, a in zip(emb_scores, streams, after) if sc is not None)

@@ -25,7 +25,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: listing plugins and the
     from .structure import Structure
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.125)  # residual widths timed, as fractions of each stream's width
-FORMAT = 1
+FORMAT = 2  # bumped when what is cached changes: older cache entries are measured again
 
 
 def head_grid(units: int) -> list[int]:
@@ -137,10 +137,10 @@ class LatencyModel:
     streams: list[int]  # the residual widths of the model measured (fraction 1)
     kinds: dict[str, KindTable]
     block_kind: list[str]
-    rest: list[float]  # the encoder minus its blocks (timed one by one), at each fraction
     encoder: list[float]  # the whole encoder at full bottleneck widths, at each fraction (measured)
     seconds: float = 0.0  # how long measuring took
     format: int = FORMAT
+    dense_ms: float | None = None  # the dense encoder timed now, by whoever uses the model (not cached)
 
     def fraction(self, widths: dict) -> float:
         """The residual fraction of ``widths`` (the mean over streams of width / measured width)."""
@@ -152,16 +152,33 @@ class LatencyModel:
         units = (block.get("num_kv_heads") or block["num_heads"]) if t.per_group > 1 else block["num_heads"]
         return t.block_ms(self.fractions, frac, units, block["head_dim"], block["mlp_hidden"])
 
-    def rest_ms(self, frac: float) -> float:
-        return _interp(self.fractions, self.rest, frac)
 
     def predict(self, widths: dict) -> float:
-        """Milliseconds of the encoder with ``widths`` (as :meth:`Structure.widths` gives them)."""
+        """Milliseconds of the encoder with ``widths`` (as :meth:`Structure.widths` gives them): what lies
+        outside the blocks, plus the blocks timed one by one and scaled to what they take inside the
+        encoder (modules timed alone can sum to more or less than the encoder measured whole), so that at
+        full bottleneck widths the prediction is the measured encoder at that residual width."""
         frac = self.fraction(widths)
-        return self.rest_ms(frac) + sum(self.block_ms(i, frac, b) for i, b in enumerate(widths["blocks"]))
+        outside, scale = self.context(frac)
+        return outside + scale * sum(self.block_ms(i, frac, b) for i, b in enumerate(widths["blocks"]))
+
+    def context(self, frac: float) -> tuple[float, float]:
+        """(milliseconds outside the blocks, the factor from blocks timed alone to blocks in the encoder)
+        at residual fraction ``frac``."""
+        full = self.encoder_ms(frac)
+        inside = sum(self.block_ms(i, frac, self._full(i)) for i in range(len(self.block_kind)))
+        outside = max(0.0, full - inside)
+        return outside, ((full - outside) / inside if inside > 0 else 1.0)
+
+    def encoder_ms(self, frac: float) -> float:
+        """The encoder measured at full bottleneck widths, at residual fraction ``frac``."""
+        return _interp(self.fractions, self.encoder, frac)
+
+    def _full(self, i: int) -> dict:
+        return self.key["widths"]["blocks"][i]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "dense_ms"}
 
     @classmethod
     def from_json(cls, data: dict) -> "LatencyModel":
@@ -318,7 +335,7 @@ def measure(model: nn.Module, device: str = "cpu", dtype: str = "fp32", batch: i
 
     # along the residual width, everything at full bottleneck widths
     by_width = {k: {"attn": [], "mlp": [], "misc": [], "block": []} for k in first}
-    encoder_ms, rest = [], []
+    encoder_ms = []
     for frac in fracs:
         e, caught = modules_at(_scaled(dense, frac), [n for i in first.values()
                                                       for n in (blocks[i].name, attn_names[i], mlp_names[i])])
@@ -382,14 +399,10 @@ def measure(model: nn.Module, device: str = "cpu", dtype: str = "fp32", batch: i
                       by_width[k]["mlp"], by_width[k]["misc"])
         t.monotone()
         tables[k] = t
-    # what is outside the blocks (patch embedding, neck) and what timing modules one by one misses: the
-    # difference (it may be < 0) makes the prediction at full bottleneck widths the measured encoder
     encoder_ms = _monotone(encoder_ms)
-    rest = _monotone([enc - sum(t.attn_by_width[f] + t.mlp_by_width[f] + t.misc[f] for t in
-                                (tables[k] for k in kinds)) for f, enc in enumerate(encoder_ms)])
     return LatencyModel(key=model_key(model, device, dtype, batch), fractions=fracs,
                         streams=[dense["embed_dim"], *dense.get("stream_dims", [])], kinds=tables,
-                        block_kind=kinds, rest=rest, encoder=encoder_ms,
+                        block_kind=kinds, encoder=encoder_ms,
                         seconds=round(time.perf_counter() - started, 1))
 
 

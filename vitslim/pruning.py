@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -157,6 +158,8 @@ def prune(
     progress: Callable | None = None,
     target_speedup: float | None = None,
     latency: Any = None,
+    verify: bool = True,
+    dense_ms: float | None = None,
     **criterion_options: Any,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``), or, with
@@ -175,7 +178,9 @@ def prune(
     calibration batch. With ``target_speedup``, ``latency`` is the device's
     :class:`~vitslim.latency.LatencyModel` of the dense model (default: measured, or read from the cache,
     for ``model`` on the CPU or the GPU it lives on); ranking, attention and round_to are then the
-    planner's (it chooses among whole heads, head dims and MLP widths per block). Returns the pruned
+    planner's (it chooses among whole heads, head dims and MLP widths per block), and ``verify`` times
+    the plan and corrects it until the measured speed-up lands near the target (``dense_ms``: the
+    dense model's measured milliseconds, when the model given is not the dense one). Returns the pruned
     model (a copy unless ``inplace``), with what was done recorded in its provenance.
     """
     start = time.perf_counter()
@@ -192,7 +197,7 @@ def prune(
         model = copy.deepcopy(model)
     if target_speedup is not None:
         return _prune_for_speed(model, family, target_speedup, latency, part, importance, data, sigma, batches,
-                                seed, progress, start, **criterion_options)
+                                seed, progress, start, verify, dense_ms, **criterion_options)
     p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
              progress, **criterion_options)
     before = p.structure.widths()
@@ -225,22 +230,26 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str, importance: Any, data: Any,
                      sigma: float, batches: int | None, seed: int, progress: Callable | None, start: float,
-                     **criterion_options: Any) -> nn.Module:
+                     verify: bool = True, dense_ms: float | None = None, **criterion_options: Any) -> nn.Module:
     """``prune`` for a speed-up: score every group (both attention modes), plan widths for the budget
     (:func:`vitslim.budget.plan_widths`), then remove whole heads, MLP and residual channels in one
-    pass and head-dim channels in a second (the head-dim channels of the kept heads keep their indices)."""
-    from .budget import plan_widths
-    from .groups import attention_group
+    pass and head-dim channels in a second (the head-dim channels of the kept heads keep their indices).
 
+    With ``verify`` (and when the bottlenecks are planned: the final widths), the plan is built on a
+    copy and *timed*; while its measured speed-up misses the target by more than 3% below or 10% above,
+    the budget is corrected by the miss and planned again (at most :data:`ATTEMPTS` times; the closest
+    plan is kept). ``dense_ms``: the dense model's measured milliseconds (default: the model itself when
+    it is the dense one, else the latency model's measurement of it)."""
+    from .budget import check_reachable, plan_widths
+
+    device = str(next(family.encoder(model).parameters()).device)
     if latency is None:
         from .latency import latency_model
 
-        latency = latency_model(model, device=str(next(family.encoder(model).parameters()).device))
-    from .budget import check_reachable
-
-    check_reachable(family.describe(model), latency, target, part in ("embedding", "both"),
-                    part in ("bottleneck", "both"))
-    dense_ms = latency.predict(latency.key["widths"])
+        latency = latency_model(model, device=device)
+    embedding, bottleneck = part in ("embedding", "both"), part in ("bottleneck", "both")
+    check_reachable(family.describe(model), latency, target, embedding, bottleneck)
+    dense_pred = latency.predict(latency.key["widths"])
     # the residual widths alone are still planned jointly with the bottlenecks: score everything
     scored = "both" if part == "embedding" else part
     structure, groups, scores, crit, importance_s = score_groups(
@@ -248,13 +257,65 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
     if part == "embedding":
         groups = [g for g in groups if g.kind == "embedding"]
     before = structure.widths()
-    widths, predicted = plan_widths(structure, scores, latency, dense_ms / target,
-                                    embedding=part in ("embedding", "both"), bottleneck=part in ("bottleneck", "both"))
+    budget = dense_pred / target
+    widths, predicted = plan_widths(structure, scores, latency, budget, embedding, bottleneck)
     if part == "embedding":  # stage 1 of alternate: the plan's residual widths only
         widths = {**before, "embed_dim": widths["embed_dim"],
                   **({"stream_dims": widths["stream_dims"]} if "stream_dims" in widths else {})}
         predicted = latency.predict(widths)
+    measured: dict = {}
+    if verify and bottleneck:
+        from .latency import measured_ms
+
+        key = latency.key
+        if dense_ms is None:
+            dense_ms = (measured_ms(model, device, key["dtype"], key["batch"]) if before == key["widths"]
+                        else latency.encoder[-1])
+        tried = []
+        for attempt in range(ATTEMPTS):
+            trial = copy.deepcopy(model)
+            _cut_to(trial, family, structure, groups, scores, widths)
+            ms = measured_ms(trial, device, key["dtype"], key["batch"])
+            tried.append((abs(math.log(dense_ms / ms / target)), widths, predicted, ms))
+            if 0.97 * target <= dense_ms / ms <= 1.1 * target:
+                break
+            budget *= (dense_ms / target) / ms  # the plan was this much off: ask the planner for that much more
+            try:
+                widths, predicted = plan_widths(structure, scores, latency, budget, embedding, bottleneck)
+            except UsageError:
+                break  # no narrower plan: keep the closest one
+        _, widths, predicted, ms = min(tried, key=lambda t: t[0])
+        measured = {"measured_ms": {"dense": round(dense_ms, 3), "pruned": round(ms, 3)},
+                    "measured_speedup": round(dense_ms / ms, 3), "attempts": len(tried)}
     t1 = time.perf_counter()
+    first_pass, second_pass = _cut_to(model, family, structure, groups, scores, widths)
+    surgery_s = time.perf_counter() - t1
+    _check_finite(model, family)
+    if get_info(model) is not None:
+        add_history(model, {
+            "step": "prune", "part": part, "target_speedup": target, "criterion": crit.describe(), "seed": seed,
+            "predicted_ms": round(predicted, 3), "dense_predicted_ms": round(dense_pred, 3),
+            "predicted_speedup": round(dense_pred / predicted, 3), **measured,
+            "latency_model": {k: latency.key[k] for k in ("device", "device_type", "dtype", "batch", "threads")},
+            "attention_removed": sorted({kind for kind, removed in (
+                ("heads", any(g.kind == "heads" for g in first_pass)), ("head_dim", bool(second_pass))) if removed}),
+            "widths_before": before, "widths_after": family.describe(model).widths(),
+            "seconds": {"importance": round(importance_s, 3), "surgery": round(surgery_s, 3),
+                        "total": round(time.perf_counter() - start, 3)},
+        })
+    return model
+
+
+ATTEMPTS = 4  # plans timed by target_speedup's measured correction
+
+
+def _cut_to(model: nn.Module, family, structure: Structure, groups: list[ChannelGroup],
+            scores: dict[str, torch.Tensor], widths: dict) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+    """Remove the lowest-scored channels of ``model`` down to ``widths``: residual channels, whole heads
+    and MLP channels in one surgery, then head dims of the kept heads in a second (a head-dim channel
+    keeps its index when heads are removed). Returns the groups of both passes."""
+    from .groups import attention_group
+
     streams = [widths["embed_dim"], *widths.get("stream_dims", [])]
     first, keep = [], {}
     for g in groups:
@@ -283,18 +344,4 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
             keep2[g.name] = _top(scores[name], w["head_dim"])
     if second:
         remove_channels(model, family, after, second, keep2)
-    surgery_s = time.perf_counter() - t1
-    _check_finite(model, family)
-    if get_info(model) is not None:
-        add_history(model, {
-            "step": "prune", "part": part, "target_speedup": target, "criterion": crit.describe(), "seed": seed,
-            "predicted_ms": round(predicted, 3), "dense_predicted_ms": round(dense_ms, 3),
-            "predicted_speedup": round(dense_ms / predicted, 3),
-            "latency_model": {k: latency.key[k] for k in ("device", "device_type", "dtype", "batch", "threads")},
-            "attention_removed": sorted({kind for kind, removed in (
-                ("heads", any(g.kind == "heads" for g in first)), ("head_dim", bool(second))) if removed}),
-            "widths_before": before, "widths_after": family.describe(model).widths(),
-            "seconds": {"importance": round(importance_s, 3), "surgery": round(surgery_s, 3),
-                        "total": round(time.perf_counter() - start, 3)},
-        })
-    return model
+    return first, second

@@ -37,11 +37,9 @@ def tokenizer_for(model: nn.Module):
 class Sam3Prompter:
     """Masks from a ``Sam3Model`` for box or text prompts on one image at a time."""
 
-    def __init__(self, model: nn.Module, tokenizer=None):
-        from .family import Sam3Family
-
+    def __init__(self, model: nn.Module, preprocess, tokenizer=None):
         self.model = model.eval()
-        self.family = Sam3Family()
+        self.preprocess = preprocess  # (model, PIL image) -> the vision encoder's input (the family's)
         self.tokenizer = tokenizer
         self.vision = None
         self.size = (0, 0)
@@ -65,7 +63,7 @@ class Sam3Prompter:
         import torch
 
         device = next(self.model.parameters()).device
-        x = self.family.preprocess(self.model, image)[None].to(device)
+        x = self.preprocess(self.model, image)[None].to(device)
         with torch.no_grad():
             self.vision = self.model.vision_encoder(x)
         self.size = image.size[::-1]  # (height, width)
@@ -135,17 +133,18 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def evaluate_sam3(student: nn.Module, teacher: nn.Module, images: list, annotations: list | None = None,
+def evaluate_sam3(student: nn.Module, teacher: nn.Module, images: list, preprocess, annotations: list | None = None,
                   boxes_per_image: int = 4, overlays: str | Path | None = None) -> dict[str, Any]:
     """mIoU of the student's masks against the teacher's (box prompts, and text prompts where the
-    annotations name concepts), and against SA-1B ground truth where annotation files are given."""
+    annotations name concepts), and against SA-1B ground truth where annotation files are given;
+    ``preprocess(model, image)`` makes the vision encoder's input."""
     import numpy as np
     import torch
 
     from vitslim_sam.rle import rle_to_mask
 
     tok = tokenizer_for(teacher)
-    ps, pt = Sam3Prompter(student, tok), Sam3Prompter(teacher, tok)
+    ps, pt = Sam3Prompter(student, preprocess, tok), Sam3Prompter(teacher, preprocess, tok)
     box_vs_teacher, box_vs_gt, text_vs_teacher = [], [], []
     for i, image in enumerate(images):
         image = image.convert("RGB")

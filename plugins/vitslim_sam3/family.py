@@ -176,7 +176,7 @@ class Sam3Family(Family):
     def evaluate(self, student, teacher, images, annotations=None, overlays=None) -> dict:
         from .evaluate import evaluate_sam3
 
-        return evaluate_sam3(student, teacher, images, annotations, overlays=overlays)
+        return evaluate_sam3(student, teacher, images, self.preprocess, annotations, overlays=overlays)
 
     def set_attention_shape(self, attn: nn.Module, num_heads: int, head_dim: int) -> None:
         attn.num_attention_heads = num_heads  # head_dim and the attention scale stay as built

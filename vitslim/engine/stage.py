@@ -63,7 +63,8 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
             if run.stop is not None and run.stop.requested():
                 raise run.stop_error()
 
-        speed = {"target_speedup": p.target_speedup, "latency": run.latency} if p.target_speedup else {}
+        speed = ({"target_speedup": p.target_speedup, "latency": run.latency, "dense_ms": run.latency.dense_ms}
+                 if p.target_speedup else {})
         student = prune(current, None if speed else stage.ratio, part=stage.part, importance=p.importance,
                         ranking=p.ranking, data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
                         batches=p.importance_batches, seed=run.train.seed + index, progress=progress, **speed)
