@@ -213,7 +213,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from vitslim.bench import cpu_name
+    from vitslim.device import cpu_name
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()} ({torch.get_num_threads()} threads)"
     result = {"args": vars(args), "device": device, "torch": torch.__version__, "python": platform.python_version()}

@@ -37,7 +37,7 @@ def train(name: str, from_cache: bool = False) -> tuple[object, dict]:
     """The teacher (trained now, or the cached one) and what the manifest says of it."""
     import torch
 
-    from vitslim.bench import cpu_name
+    from vitslim.device import cpu_name
     from vitslim.testbed import get_testbed, teacher_seconds
 
     tb = get_testbed(name)

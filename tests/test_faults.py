@@ -178,7 +178,7 @@ def test_sigterm_to_the_cli_is_one_line_exit_143_and_a_checkpoint(tmp_path, tiny
 def _fail_writes_after(count: int, monkeypatch, how: str = "midway"):
     """Let ``count`` atomic writes succeed, then make every later one fail: ``midway`` writes half the
     bytes and raises ENOSPC, ``fsync`` fails when the file is flushed to disk."""
-    import vitslim.modelfile as mf
+    import vitslim.atomic as mf
 
     done = [0]
     real_save, real_fsync = mf.torch_save, os.fsync

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -19,19 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .device import DTYPES, cpu_name
 from .errors import UsageError, VitslimError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux: /proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
 
 def build(spec: str, config: dict | None = None) -> nn.Module:
     """The model a spec names (see module docstring)."""

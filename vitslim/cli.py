@@ -148,7 +148,7 @@ def _output(out: Optional[str], default_name: str, inputs: list[Optional[str]], 
         if item and Path(item).exists() and target.exists() and target.resolve() == Path(item).resolve() and not force:
             raise UsageError(f"{flag} {target} is an input of this command: write elsewhere, or pass --force "
                              f"to replace it")
-    from .modelfile import check_writable
+    from .atomic import check_writable
 
     return check_writable(target)
 

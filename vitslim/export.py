@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .modelfile import atomic_write
+from .atomic import atomic_write
 
 
 class _OutputFeatures(nn.Module):

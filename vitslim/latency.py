@@ -294,7 +294,7 @@ def measure(model: nn.Module, device: str = "cpu", dtype: str = "fp32", batch: i
     ``seconds``: about how long each module is timed for (more: less noise)."""
     import torch
 
-    from .bench import DTYPES
+    from .device import DTYPES
     from .registry import family_of
 
     started = time.perf_counter()
@@ -411,12 +411,12 @@ def model_key(model: nn.Module, device: str, dtype: str, batch: int) -> dict:
     import torch
 
     from . import __version__
-    from .bench import cpu_name
+    from .device import device_name
     from .info import get_info
     from .registry import family_of
 
     info = get_info(model) or {}
-    dev = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else cpu_name()
+    dev = device_name(device)
     return {"model": info.get("name"), "config": json.loads(json.dumps(info.get("config", {}), default=str)),
             "widths": family_of(model).describe(model).widths(), "device": dev, "device_type": torch.device(device).type,
             "capability": torch.backends.cpu.get_cpu_capability() if torch.device(device).type == "cpu" else None,
@@ -438,7 +438,7 @@ def latency_model(model: nn.Module, device: str | None = None, dtype: str = "fp3
     measured (then cached)."""
     import torch
 
-    from .modelfile import atomic_write
+    from .atomic import atomic_write
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = cache_path(model_key(model, device, dtype, batch))
@@ -458,7 +458,7 @@ def measured_ms(model: nn.Module, device: str = "cpu", dtype: str = "fp32", batc
     """The encoder's median milliseconds with the fused attention (a copy is optimized)."""
     import torch
 
-    from .bench import DTYPES
+    from .device import DTYPES
     from .registry import family_of
 
     family = family_of(model)

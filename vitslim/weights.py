@@ -35,7 +35,7 @@ def fetch(url: str, digest: str, algorithm: str = "sha256") -> Path:
     The download goes to a temporary file that is renamed only once verified, so an interrupted or
     corrupt download never poisons the cache.
     """
-    from .modelfile import atomic_write
+    from .atomic import atomic_write
 
     target = cache_dir() / url.rsplit("/", 1)[-1]
     if target.exists():

@@ -49,6 +49,6 @@ def write_overlay(path: Path, image: np.ndarray, points: torch.Tensor, boxes: to
     sheet.paste(left, (0, 0))
     sheet.paste(right, (left.width + 8, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    from vitslim.modelfile import atomic_write
+    from vitslim.atomic import atomic_write
 
     return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -101,7 +101,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    from ..modelfile import atomic_write, torch_save
+    from ..atomic import atomic_write, torch_save
 
     atomic_write(path, lambda tmp: torch_save(payload, tmp))
 

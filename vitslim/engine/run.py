@@ -119,7 +119,7 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         on_epoch: Callable[[dict], None] | None = None) -> CompressionResult:
     """Compress ``model`` (the teacher, left unchanged) by ``ratio``: see :func:`vitslim.compress`."""
     from ..data import as_dataset
-    from ..modelfile import check_writable
+    from ..atomic import check_writable
     from ..pruning import check_options
     from ..registry import family_of
 
