@@ -237,8 +237,8 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
 
     With ``verify`` (and when the bottlenecks are planned: the final widths), the plan is built on a
     copy and *timed*; while its measured speed-up misses the target by more than 3% below or 10% above,
-    the budget is corrected by the miss and planned again (at most :data:`ATTEMPTS` times; the closest
-    plan is kept). ``dense_ms``: the dense model's measured milliseconds (default: the model itself when
+    the budget is corrected by the miss (then bisected, once plans on both sides were timed) and
+    planned again (at most :data:`ATTEMPTS` times; the closest plan is kept). ``dense_ms``: the dense model's measured milliseconds (default: the model itself when
     it is the dense one, else the latency model's measurement of it)."""
     from .budget import check_reachable, plan_widths
 
@@ -272,14 +272,23 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
             dense_ms = (measured_ms(model, device, key["dtype"], key["batch"]) if before == key["widths"]
                         else latency.encoder[-1])
         tried = []
+        slow, fast = None, None  # the largest budget whose plan was too slow, the smallest too fast
         for attempt in range(ATTEMPTS):
             trial = copy.deepcopy(model)
             _cut_to(trial, family, structure, groups, scores, widths)
             ms = measured_ms(trial, device, key["dtype"], key["batch"])
-            tried.append((abs(math.log(dense_ms / ms / target)), widths, predicted, ms))
-            if 0.97 * target <= dense_ms / ms <= 1.1 * target:
+            speedup = dense_ms / ms
+            tried.append((abs(math.log(speedup / target)), widths, predicted, ms))
+            if 0.97 * target <= speedup <= 1.1 * target:
                 break
-            budget *= (dense_ms / target) / ms  # the plan was this much off: ask the planner for that much more
+            if speedup < target:
+                slow = budget if slow is None else min(slow, budget)
+            else:
+                fast = budget if fast is None else max(fast, budget)
+            if slow is not None and fast is not None:  # bracketed: bisect the budget (in log space)
+                budget = math.sqrt(slow * fast)
+            else:  # not yet: correct the budget by the measured miss
+                budget *= (dense_ms / target) / ms
             try:
                 widths, predicted = plan_widths(structure, scores, latency, budget, embedding, bottleneck)
             except UsageError:
@@ -306,7 +315,7 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
     return model
 
 
-ATTEMPTS = 4  # plans timed by target_speedup's measured correction
+ATTEMPTS = 6  # plans timed by target_speedup's measured correction
 
 
 def _cut_to(model: nn.Module, family, structure: Structure, groups: list[ChannelGroup],
