@@ -386,6 +386,9 @@ def compress(
                        help="Epoch checkpoints (default: <out>.work).")] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate on the validation split at the end.")] = True,
     fast: Annotated[bool, typer.Option("--fast/--no-fast", help="Fused attention while distilling (same numbers).")] = True,
+    activation_checkpointing: Annotated[str, typer.Option(
+        "--activation-checkpointing", help="auto | on | off: recompute each block in the backward pass instead "
+        "of keeping its activations (auto: when they would take over half the free memory).")] = "auto",
     target_speedup: TargetSpeedup = None,
     force: Force = False,
     as_json: AsJson = False,
@@ -405,7 +408,8 @@ def compress(
     steps = {} if min_steps is None else {"min_steps": min_steps}
     train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
-                              device=device, precision=precision, fast=fast).validate(ratio or 0.0)
+                              device=device, precision=precision, fast=fast,
+                              activation_checkpointing=activation_checkpointing).validate(ratio or 0.0)
     if target_speedup is not None and schedule not in ("alternate", "one-shot"):
         raise UsageError(f"--target-speedup works with the alternate and one-shot schedules, not {schedule}")
     check_model(model, checkpoint)
@@ -423,7 +427,8 @@ def compress(
     except RuntimeError as exc:
         text = str(exc).lower()
         if "out of memory" in text or "not enough memory" in text or type(exc).__name__ == "OutOfMemoryError":
-            raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum") from None
+            raise VitslimError(f"out of memory: try a smaller --batch-size (now {batch_size}) with --accum, "
+                               "or --activation-checkpointing on") from None
         raise
     summary = {"model": model, "ratio": ratio, "target_speedup": target_speedup, "out": str(path), **result.summary()}
     if evaluate and result.val_images:

@@ -50,7 +50,8 @@ def compress(model: nn.Module, ratio: float | None = None, data: Any = None, *, 
     - the loop: ``batch_size`` (4), ``accum``, ``micro_batch`` (images per forward/backward; 0: 1 on
       CPU, the whole batch on GPU), ``val_fraction`` (0.1), ``patience``/``factor`` (plateau), ``seed``,
       ``device``, ``precision`` (``auto``: bf16 autocast on CUDA), ``fast`` (the family's fused
-      attention; same numbers).
+      attention; same numbers), ``activation_checkpointing`` (``auto``: recompute each block in the
+      backward pass when its activations would take over half the free memory; ``on``, ``off``).
 
     Checkpoints go to ``workdir`` (default ``<out>.work``, else ``vitslim-work``), locked for the run,
     after an epoch when ``checkpoint_every`` seconds have passed and at the end of every stage;

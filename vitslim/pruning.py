@@ -91,10 +91,13 @@ def check_options(ratio: Any, part: str, ranking: str, attention: str, round_to:
 def score_groups(
     model: nn.Module, part: str = "both", attention: str | tuple[str, ...] = "head_dim",
     importance: Any = "disturbed_taylor", data: Any = None, sigma: float = 0.01, batches: int | None = None,
-    seed: int = 0, progress: Callable | None = None, **criterion_options: Any,
+    seed: int = 0, progress: Callable | None = None, checkpointing: tuple[str, Callable | None] = ("auto", None),
+    **criterion_options: Any,
 ) -> tuple[Structure, list[ChannelGroup], dict[str, torch.Tensor], C.Criterion, float]:
     """``model``'s channel groups for ``part`` (attention groups for each mode in ``attention``), scored by
-    the criterion in one pass over ``data``: (structure, groups, scores, criterion, seconds)."""
+    the criterion in one pass over ``data``: (structure, groups, scores, criterion, seconds).
+    ``checkpointing``: (mode, on_decide) of :func:`vitslim.memory.checkpointed` for the criterion's
+    backward passes."""
     family = family_of(model)
     encoder = family.encoder(model)
     structure = family.describe(model)
@@ -115,7 +118,10 @@ def score_groups(
     ctx = C.ImportanceContext(model=model, encoder=encoder, family=family, data=batches_data, params=params,
                               progress=progress)
     t0 = time.perf_counter()
-    crit.prepare(ctx)
+    from .memory import checkpointed
+
+    with checkpointed(encoder, [b.name for b in structure.blocks], *checkpointing):
+        crit.prepare(ctx)
     scores = {}
     for g in groups.values():
         s = torch.as_tensor(crit.score(g, ctx), dtype=torch.float64).flatten().cpu()
@@ -132,12 +138,13 @@ def plan(
     model: nn.Module, ratio: float, part: str = "both", importance: Any = "disturbed_taylor",
     ranking: str = "global", data: Any = None, attention: str = "head_dim", round_to: int = 1,
     sigma: float = 0.01, batches: int | None = None, seed: int = 0, progress: Callable | None = None,
-    **criterion_options: Any,
+    checkpointing: tuple[str, Callable | None] = ("auto", None), **criterion_options: Any,
 ) -> PruningPlan:
     """Score and rank ``model``'s channels without changing it (arguments as in :func:`prune`)."""
     check_options(ratio, part, ranking, attention, round_to)
     structure, groups, scores, crit, seconds = score_groups(model, part, attention, importance, data, sigma,
-                                                            batches, seed, progress, **criterion_options)
+                                                            batches, seed, progress, checkpointing,
+                                                            **criterion_options)
     keep = select(groups, scores, ratio, ranking, round_to)
     return PruningPlan(structure, groups, scores, keep, crit, seconds)
 
@@ -160,6 +167,8 @@ def prune(
     latency: Any = None,
     verify: bool = True,
     dense_ms: float | None = None,
+    activation_checkpointing: str = "auto",
+    on_checkpointing: Callable | None = None,
     **criterion_options: Any,
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of ``part`` (``embedding``, ``bottleneck`` or ``both``), or, with
@@ -182,6 +191,9 @@ def prune(
     the plan and corrects it until the measured speed-up lands near the target (``dense_ms``: the
     dense model's measured milliseconds, when the model given is not the dense one). Returns the pruned
     model (a copy unless ``inplace``), with what was done recorded in its provenance.
+    ``activation_checkpointing`` (auto, on, off) recomputes each block in the criterion's backward passes
+    instead of keeping its activations (auto: when they would not fit; ``on_checkpointing(state)`` hears
+    when it turns on; see :mod:`vitslim.memory`).
     """
     start = time.perf_counter()
     family = family_of(model)
@@ -195,11 +207,14 @@ def prune(
             raise UsageError(f"unknown part '{part}': choose one of {', '.join(PARTS)}")
     if not inplace:
         model = copy.deepcopy(model)
+    from .memory import check_mode
+
+    checkpointing = (check_mode(activation_checkpointing), on_checkpointing)
     if target_speedup is not None:
         return _prune_for_speed(model, family, target_speedup, latency, part, importance, data, sigma, batches,
-                                seed, progress, start, verify, dense_ms, **criterion_options)
+                                seed, progress, start, verify, dense_ms, checkpointing, **criterion_options)
     p = plan(model, ratio, part, importance, ranking, data, attention, round_to, sigma, batches, seed,
-             progress, **criterion_options)
+             progress, checkpointing, **criterion_options)
     before = p.structure.widths()
     t1 = time.perf_counter()
     remove_channels(model, family, p.structure, p.groups, p.keep)
@@ -230,7 +245,8 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str, importance: Any, data: Any,
                      sigma: float, batches: int | None, seed: int, progress: Callable | None, start: float,
-                     verify: bool = True, dense_ms: float | None = None, **criterion_options: Any) -> nn.Module:
+                     verify: bool = True, dense_ms: float | None = None,
+                     checkpointing: tuple[str, Callable | None] = ("auto", None), **criterion_options: Any) -> nn.Module:
     """``prune`` for a speed-up: score every group (both attention modes), plan widths for the budget
     (:func:`vitslim.budget.plan_widths`), then remove whole heads, MLP and residual channels in one
     pass and head-dim channels in a second (the head-dim channels of the kept heads keep their indices).
@@ -253,7 +269,8 @@ def _prune_for_speed(model: nn.Module, family, target: float, latency, part: str
     # the residual widths alone are still planned jointly with the bottlenecks: score everything
     scored = "both" if part == "embedding" else part
     structure, groups, scores, crit, importance_s = score_groups(
-        model, scored, ("heads", "head_dim"), importance, data, sigma, batches, seed, progress, **criterion_options)
+        model, scored, ("heads", "head_dim"), importance, data, sigma, batches, seed, progress, checkpointing,
+        **criterion_options)
     if part == "embedding":
         groups = [g for g in groups if g.kind == "embedding"]
     before = structure.widths()

@@ -78,6 +78,8 @@ class TrainOptions:
 
     ``epochs`` None: enough epochs for ``min_steps`` optimizer steps per stage. ``lr`` None: 0.1 / the
     embedding width. ``micro_batch`` 0: 1 image per forward/backward on the CPU, the whole batch on GPU.
+    ``activation_checkpointing`` (auto, on, off): recompute each block in the backward pass instead of
+    keeping its activations; auto turns it on when they would not fit (see :mod:`vitslim.memory`).
     """
 
     schedule: str = "alternate"
@@ -98,6 +100,7 @@ class TrainOptions:
     precision: str = "auto"
     fast: bool = True
     num_workers: int = 0
+    activation_checkpointing: str = "auto"
 
     def validate(self, ratio: float = 0.5) -> "TrainOptions":
         if self.epochs is not None:
@@ -118,6 +121,9 @@ class TrainOptions:
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self.augment = parse_augment(self.augment)
+        from ..memory import check_mode
+
+        check_mode(self.activation_checkpointing)
         return self
 
     def resolved(self, embed_dim: int, device: str, steps_per_epoch: int) -> "TrainOptions":

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..memory import checkpointed
 from .checkpoint import Checkpointer
 from .lr import LrSchedule
 from .options import PruneOptions, TrainOptions
@@ -41,6 +42,16 @@ class RunState:
     stop_error: Callable[[], Exception] | None = None  # what to raise once stopped and checkpointed
     forecast: Any = None  # forecast.Forecast of the run
     latency: Any = None  # the device's latency.LatencyModel of the teacher, with a target speed-up
+    memory_noted: bool = False  # the activation-checkpointing decision has been told
+
+
+def note_checkpointing(run: RunState):
+    """Tells the run's output, once, that activations are recomputed (see :mod:`vitslim.memory`)."""
+    def note(state) -> None:
+        if not run.memory_noted:
+            run.memory_noted = True
+            run.ui.note(state.describe())
+    return note
 
 
 def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
@@ -67,7 +78,9 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
                  if p.target_speedup else {})
         student = prune(current, None if speed else stage.ratio, part=stage.part, importance=p.importance,
                         ranking=p.ranking, data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
-                        batches=p.importance_batches, seed=run.train.seed + index, progress=progress, **speed)
+                        batches=p.importance_batches, seed=run.train.seed + index, progress=progress,
+                        activation_checkpointing=run.train.activation_checkpointing,
+                        on_checkpointing=note_checkpointing(run), **speed)
     return student.to(run.train.device)
 
 
@@ -101,8 +114,9 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-    loss = StageLoss(run.family, run.family.describe(student), stage.terms,
-                     {"original": run.original, "previous": previous})
+    structure = run.family.describe(student)
+    blocks = [b.name for b in structure.blocks]
+    loss = StageLoss(run.family, structure, stage.terms, {"original": run.original, "previous": previous})
     from ..modelfile import to_payload
 
     def state() -> dict:
@@ -124,7 +138,8 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
         if run.forecast is not None:
             run.forecast.epoch_started()
         try:
-            with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick:
+            with run.ui.epoch(index, len(stages), stage.name, epoch, stage.epochs) as tick, \
+                    checkpointed(encoder, blocks, opts.activation_checkpointing, note_checkpointing(run)):
                 terms = train_epoch(student, trainable, loss, run.train_set, epoch, optimizer, opts, tick,
                                     after_step, start=position, stop=stop)
                 val = validate(student, loss, run.val_set, epoch, opts)
