@@ -49,7 +49,7 @@ def test_auto_turns_on_only_when_the_activations_would_not_fit(tiny_timm, photos
     _, state, calls = _grads(tiny_timm, x, "auto")
     assert state.on is False and calls == 1
     blocks = family_of(tiny_timm).describe(tiny_timm).blocks
-    # 17 tokens (4 x 4 patches and the class token) x 48 channels x 4 bytes x 30 x 3 blocks
+    # 17 tokens (4 x 4 patches and the class token) x 48 channels x 4 bytes x 20 x 3 blocks
     assert state.needed_bytes == 17 * 48 * 4 * memory.KEPT_PER_INPUT * len(blocks)
     monkeypatch.setattr(memory, "free_bytes", lambda device: state.needed_bytes)  # needs half of it at most
     told = []
