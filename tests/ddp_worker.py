@@ -9,9 +9,12 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 def compress_once(lr: float = 1e-3, epochs: int = 1, **kw) -> dict:
+    """The student's weights, and under ``"first_step_grads"`` the gradients the first optimizer step
+    was given (after the all-reduce under torchrun), before any optimizer touched the weights."""
     import vitslim
 
     from tests.conftest import TINY_TIMM
@@ -23,10 +26,24 @@ def compress_once(lr: float = 1e-3, epochs: int = 1, **kw) -> dict:
     # augmented views are drawn per process (mixup partners come from each process's share of the
     # batch), so the equality of 2 processes and 1 holds for the plain images; uniform ranking keeps the
     # widths independent of training, so runs with other learning rates can be compared
-    out = vitslim.compress(model, 0.5, data=x, epochs=epochs, batch_size=4, lr=lr, importance_batches=1,
-                           augment="none", ranking="uniform", progress=False,
-                           workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"), **kw)
-    return {k: v.clone() for k, v in out.state_dict().items()}
+    grads: list[torch.Tensor] = []
+
+    def first_step(optimizer, args, kwargs) -> None:
+        if not grads:
+            grads.extend(p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
+                         if p.grad is not None)
+
+    hook = register_optimizer_step_pre_hook(first_step)
+    try:
+        out = vitslim.compress(model, 0.5, data=x, epochs=epochs, batch_size=4, lr=lr, importance_batches=1,
+                               augment="none", ranking="uniform", progress=False,
+                               workdir=os.environ.get("VITSLIM_TEST_WORKDIR", "vitslim-work"), **kw)
+    finally:
+        hook.remove()
+    state = {k: v.clone() for k, v in out.state_dict().items()}
+    if grads:
+        state["first_step_grads"] = grads
+    return state
 
 
 def _sigterm_rank_1(record) -> None:

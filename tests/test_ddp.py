@@ -1,5 +1,5 @@
-"""Two gloo processes started by torchrun, same global batch: the weights of one process (within 1e-5);
-a SIGTERM to one rank stops every rank at the same step, and the run resumes under torchrun."""
+"""Two gloo processes started by torchrun, same global batch: the gradients of one process (rounding
+only) and, after Adam's steps, its weights (within 1e-4, see below); a SIGTERM to one rank stops every rank at the same step, and the run resumes under torchrun."""
 
 import os
 import socket
@@ -28,9 +28,24 @@ def _torchrun(out: Path, workdir: Path, mode: str = "run", check: bool = True) -
                           check=check, env=env, cwd=ROOT, timeout=300, capture_output=not check, text=True)
 
 
+# Adam divides by the root of its second moment, so a gradient entry near zero that differs by rounding
+# (fp32 sums of two ranks' halves against one sum of the whole) moves its weight by up to lr per step: a
+# few steps at lr 1e-3 reach 1.2e-5 on an Intel AVX-512 CPU. Gradients are compared at rounding; weights
+# at 1e-4, while a wrong gradient (one rank's half, no all-reduce) moves weights by about lr x steps and
+# training itself moves them by more than 100x the tolerance (checked below).
+WEIGHTS_TOL = 1e-4
+
+
 def _worst(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in b)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in b if k != "first_step_grads")
+
+
+def _same_gradients(a: dict, b: dict) -> None:
+    ga, gb = a["first_step_grads"], b["first_step_grads"]
+    assert len(ga) == len(gb) and ga
+    for x, y in zip(ga, gb):
+        assert (x - y).abs().max() <= 1e-5 * y.abs().max() + 1e-9  # rounding only
 
 
 def test_two_processes_equal_one(tmp_path, monkeypatch):
@@ -39,13 +54,13 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
     out = tmp_path / "ddp.pt"
     _torchrun(out, tmp_path / "ddp")
     ddp = torch.load(out, weights_only=True)
+    _same_gradients(ddp, single)
     worst = _worst(ddp, single)
-    assert worst <= 1e-5
+    assert worst <= WEIGHTS_TOL
     # training moved the weights: the same run with a vanishing learning rate ends far from both
     monkeypatch.setenv("VITSLIM_TEST_WORKDIR", str(tmp_path / "still"))
     untrained = compress_once(lr=1e-12)
-    moved = max((untrained[k].float() - single[k].float()).abs().max().item() for k in single)
-    assert moved > 100 * max(worst, 1e-6)
+    assert _worst(untrained, single) > 100 * WEIGHTS_TOL
 
 
 def test_sigterm_to_one_rank_stops_all_at_one_step_and_resumes(tmp_path, monkeypatch):
@@ -61,4 +76,4 @@ def test_sigterm_to_one_rank_stops_all_at_one_step_and_resumes(tmp_path, monkeyp
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert state["partial"]["batch"] == 1
     _torchrun(out, tmp_path / "ddp", "resume")
-    assert _worst(torch.load(out, weights_only=True), single) <= 1e-5
+    assert _worst(torch.load(out, weights_only=True), single) <= WEIGHTS_TOL
