@@ -1,6 +1,7 @@
 """The fast inference path computes what the plain model computes (fp32, within 1e-5)."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -235,3 +236,24 @@ def test_gpu_fast_path_is_exact_and_graph_capturable(kernel, tiny_sam, photos):
     assert (encode(fast_model, x) - plain).abs().max().item() <= 1e-4  # TF32 may be on
     replay = cuda_graphed(fast_model.image_encoder.eval(), x)
     assert (replay(x) - plain).abs().max().item() <= 1e-4
+
+
+def test_compiled_kernels_are_cached_per_cpu_capability(monkeypatch):
+    """inductor's cache key misses ATEN_CPU_CAPABILITY: a flex kernel compiled under avx2 and loaded
+    without the override gave outputs 0.06 off, so an override gets its own folder (a user's is kept)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from vitslim.device import compile_cache_per_capability
+
+    default = os.path.abspath(default_cache_dir())
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default)  # as importing torch._dynamo leaves it
+    compile_cache_per_capability()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default + "-avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    compile_cache_per_capability()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default)
+    compile_cache_per_capability()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default

@@ -121,18 +121,20 @@ def test_rle_round_trip():
         assert np.array_equal(rle_to_mask(mask_to_rle(mask)), mask)
 
 
-def test_eval_scores_a_briefly_trained_sam_above_an_untrained_one(tmp_path, capsys):
-    """``vitslim eval`` on a generated SA-1B-layout folder: a small SAM trained for a few seconds
-    segments the held-out shapes better than the same SAM untrained."""
+def test_eval_scores_the_trained_sam_above_an_untrained_one(tmp_path, capsys):
+    """``vitslim eval`` on a generated SA-1B-layout folder: the shipped shapes-sam teacher segments the
+    held-out shapes far better than the same SAM untrained. (A SAM trained inside the test for a few
+    seconds moved with the CPU: under ATEN_CPU_CAPABILITY=default on an Intel AVX-512 machine it fell
+    inside the margin; the shipped weights are the same everywhere.)"""
     from vitslim_sam.testbed import ShapesTestbed
 
-    tb = ShapesTestbed(n_train=48, n_test=4, root=tmp_path / "shapes", size=128)
+    tb = ShapesTestbed(n_test=4, root=tmp_path / "shapes")
+    trained = tb.teacher()
+    assert tb.shipped() is not None  # the shipped file, not one trained here
     untrained = vitslim.create("sam-b", pretrained=False, seed=0, **tb.config)
-    # about 30 s: 300 small steps, many masks per image, dice-led (BCE alone first learns "all background")
-    trained = tb.train_teacher(seed=0, steps=300, batch_size=4, masks_per_image=12, lr=4e-3, bce_weight=0.2)
     scores = {}
     for name, model in (("trained", trained), ("untrained", untrained)):
         path = vitslim.save(model, tmp_path / f"{name}.pt")
         main(["eval", str(path), "--teacher", str(path), "--data", str(tb.folder("test")), "--json"])
         scores[name] = json.loads(capsys.readouterr().out)
-    assert scores["trained"]["miou_box_vs_gt"] > scores["untrained"]["miou_box_vs_gt"] + 0.05  # 0.129 vs 0.046
+    assert scores["trained"]["miou_box_vs_gt"] > scores["untrained"]["miou_box_vs_gt"] + 0.3

@@ -131,6 +131,9 @@ def variant_timer(model: nn.Module, family, kernel: str | None, batch: int, dtyp
     m = model if kernel is None else optimize(copy.deepcopy(model), kernel=kernel)
     encoder = family.encoder(m).to(device=device, dtype=DTYPES[dtype]).eval()
     if compile:
+        from .device import compile_cache_per_capability
+
+        compile_cache_per_capability()
         encoder = torch.compile(encoder)
     x = torch.randn(batch, *family.input_shape(m), device=device, dtype=DTYPES[dtype])
     if cuda_graphs:

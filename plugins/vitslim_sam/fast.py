@@ -80,6 +80,9 @@ FLEX_RECOMPILE_LIMIT = 64  # one compilation per attention shape; per-block widt
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
+    from vitslim.device import compile_cache_per_capability
+
+    compile_cache_per_capability()
     return torch.compile(flex_attention, dynamic=False)  # CPU inductor fails on dynamic shapes (2.14)
 
 
