@@ -318,3 +318,22 @@ def test_auto_epochs_and_learning_rate(tiny_timm, photos, tmp_path):
                            importance_batches=1, batch_size=2)
     step = get_info(out)["history"][-1]
     assert step["epochs"] == 3 and step["lr"] == pytest.approx(0.1 / vitslim.describe(tiny_timm).embed_dim)
+
+
+def test_teacher_loss_scale_weighs_tensors_on_different_scales_alike():
+    """``loss_scale="teacher"``: each MSE divided by the reference's mean square (SAM 2's FPN levels
+    differ 25,000x in scale); ``raw`` is the plain MSE, and the default resolves to the family's."""
+    from vitslim.engine.losses import Term, term_loss
+
+    term = Term("out", OUTPUT, "original", lambda n: 1.0)
+    g = torch.Generator().manual_seed(0)
+    r = [torch.randn(2, 4, 8, 8, generator=g), 100 * torch.randn(2, 4, 4, 4, generator=g)]
+    s = [t * 1.1 for t in r]  # a 10% error on each level
+    raw = term_loss(term, {OUTPUT: s}, {OUTPUT: r}, [OUTPUT])
+    expected = torch.stack([((a - b) ** 2).mean() for a, b in zip(s, r)]).mean()
+    assert raw == pytest.approx(float(expected), rel=1e-6)
+    scaled = term_loss(term, {OUTPUT: s}, {OUTPUT: r}, [OUTPUT], scale="teacher")
+    assert scaled == pytest.approx(0.01, rel=1e-5)  # 10% error is 0.01 of the mean square on every level
+    assert raw > 1000 * scaled  # raw: the coarse level's 100x scale dominates
+    with pytest.raises(UsageError, match="unknown loss scale 'x'"):
+        vitslim.compress(torch.nn.Linear(2, 2), 0.5, data=torch.zeros(1, 3, 8, 8), loss_scale="x")

@@ -19,6 +19,9 @@ class Family:
     """
 
     name: str = ""
+    #: how distillation weighs the MSEs of tensors on different scales when ``loss_scale`` is auto:
+    #: ``raw`` (as they are) or ``teacher`` (each divided by the reference tensor's mean square)
+    loss_scale: str = "raw"
 
     def model_names(self) -> list[str]:
         """Names this family understands, for listings (patterns such as ``timm:<model>`` allowed)."""

@@ -78,6 +78,8 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         **{k: prune_options[k] for k in ("importance", "ranking", "attention", "round_to", "sigma", "importance_batches")},
         **({k: prune_options[k] for k in ("target_speedup", "latency_batch")} if prune_options.get("target_speedup") else {}),
         **{k: train_options[k] for k in keep},
+        # only when set, so that checkpoints written before the option existed still resume
+        **({"loss_scale": train_options["loss_scale"]} if train_options.get("loss_scale", "auto") != "auto" else {}),
     }
 
 

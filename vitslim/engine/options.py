@@ -80,6 +80,8 @@ class TrainOptions:
     embedding width. ``micro_batch`` 0: 1 image per forward/backward on the CPU, the whole batch on GPU.
     ``activation_checkpointing`` (auto, on, off): recompute each block in the backward pass instead of
     keeping its activations; auto turns it on when they would not fit (see :mod:`vitslim.memory`).
+    ``loss_scale`` (auto, raw, teacher): each distillation MSE as it is, or divided by the reference
+    tensor's mean square; auto takes the family's :attr:`~vitslim.family.Family.loss_scale`.
     """
 
     schedule: str = "alternate"
@@ -101,6 +103,7 @@ class TrainOptions:
     fast: bool = True
     num_workers: int = 0
     activation_checkpointing: str = "auto"
+    loss_scale: str = "auto"
 
     def validate(self, ratio: float = 0.5) -> "TrainOptions":
         if self.epochs is not None:
@@ -124,6 +127,10 @@ class TrainOptions:
         from ..memory import check_mode
 
         check_mode(self.activation_checkpointing)
+        from .losses import LOSS_SCALES
+
+        if self.loss_scale not in LOSS_SCALES:
+            raise UsageError(f"unknown loss scale '{self.loss_scale}': choose one of {', '.join(LOSS_SCALES)}")
         return self
 
     def resolved(self, embed_dim: int, device: str, steps_per_epoch: int) -> "TrainOptions":

@@ -116,7 +116,8 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
         scheduler.load_state_dict(resume["scheduler"])
     structure = run.family.describe(student)
     blocks = [b.name for b in structure.blocks]
-    loss = StageLoss(run.family, structure, stage.terms, {"original": run.original, "previous": previous})
+    scale = opts.loss_scale if opts.loss_scale != "auto" else run.family.loss_scale
+    loss = StageLoss(run.family, structure, stage.terms, {"original": run.original, "previous": previous}, scale)
     from ..modelfile import to_payload
 
     def state() -> dict:

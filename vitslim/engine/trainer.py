@@ -45,10 +45,12 @@ class EpochOrder(torch.utils.data.Sampler):
 class StageLoss:
     """Evaluates a stage's terms: runs the student and each reference model with the needed taps."""
 
-    def __init__(self, family, structure_student: Structure, terms: list[Term], refs: dict[str, nn.Module]):
+    def __init__(self, family, structure_student: Structure, terms: list[Term], refs: dict[str, nn.Module],
+                 scale: str = "raw"):
         self.family = family
         self.terms = terms
         self.refs = refs
+        self.scale = scale
         self.points = {t.tap: tap_points(structure_student, t.tap) for t in terms if t.tap != OUTPUT}
 
     def _run(self, model: nn.Module, x: torch.Tensor, taps: set[str], runner=None) -> dict[str, torch.Tensor]:
@@ -71,7 +73,7 @@ class StageLoss:
         parts = {}
         for t in active:
             keys = [OUTPUT] if t.tap == OUTPUT else [k for k, _ in self.points[t.tap]]
-            value = term_loss(t, s, refs[t.reference], keys)
+            value = term_loss(t, s, refs[t.reference], keys, self.scale)
             parts[t.name] = float(value.detach())
             total = total + t.weight(epoch) * value
         return total, parts
