@@ -337,3 +337,17 @@ def test_teacher_loss_scale_weighs_tensors_on_different_scales_alike():
     assert raw > 1000 * scaled  # raw: the coarse level's 100x scale dominates
     with pytest.raises(UsageError, match="unknown loss scale 'x'"):
         vitslim.compress(torch.nn.Linear(2, 2), 0.5, data=torch.zeros(1, 3, 8, 8), loss_scale="x")
+
+
+def test_loss_scale_auto_is_the_familys(tiny_timm, photos, tmp_path):
+    """``auto`` resolves to the family's ``loss_scale`` (timm: raw, so the same run as ``raw``);
+    ``teacher`` trains on other loss values."""
+    x = resize_batch(photos, 64)
+    logs = {}
+    for scale in ("auto", "raw", "teacher"):
+        out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path / scale, loss_scale=scale,
+                               **_short())
+        logs[scale] = [r["train"] for r in get_info(out)["history"][-1]["log"]]
+    assert family_of(tiny_timm).loss_scale == "raw"
+    assert logs["auto"] == logs["raw"]
+    assert logs["teacher"] != logs["raw"]

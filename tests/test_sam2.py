@@ -214,3 +214,18 @@ def test_shapes_testbed_trains_a_sam2_teacher(tmp_path):
     assert loss(trained) < 0.98 * loss(untrained)  # about 0.96 measured (20 small steps)
     scores = tb.score(trained, trained)
     assert scores["miou_point_vs_teacher"] == 1.0 and 0 <= scores["miou_box_vs_gt"] <= 1
+
+
+def test_family_scales_distillation_by_the_teachers_fpn_levels():
+    """SAM 2's FPN levels sit on scales orders of magnitude apart (the shipped shapes-sam2 teacher), so
+    the family distils with each level's MSE divided by the teacher's mean square (``loss_scale``)."""
+    from vitslim.testbed import get_testbed
+
+    tb = get_testbed("shapes-sam2")
+    teacher = tb.teacher().eval()
+    family = family_of(teacher)
+    with torch.no_grad():
+        levels = family.output_features(family.encoder(teacher)(tb.subset(2)))
+    squares = [float(t.pow(2).mean()) for t in levels]
+    assert max(squares) > 1000 * min(squares)
+    assert family.loss_scale == "teacher"

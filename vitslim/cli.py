@@ -389,6 +389,9 @@ def compress(
     activation_checkpointing: Annotated[str, typer.Option(
         "--activation-checkpointing", help="auto | on | off: recompute each block in the backward pass instead "
         "of keeping its activations (auto: when they would take over half the free memory).")] = "auto",
+    loss_scale: Annotated[str, typer.Option(
+        "--loss-scale", help="auto | raw | teacher: each distillation MSE as it is, or divided by the "
+        "teacher tensor's mean square (auto: the family's choice).")] = "auto",
     target_speedup: TargetSpeedup = None,
     force: Force = False,
     as_json: AsJson = False,
@@ -409,7 +412,8 @@ def compress(
     train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
                               device=device, precision=precision, fast=fast,
-                              activation_checkpointing=activation_checkpointing).validate(ratio or 0.0)
+                              activation_checkpointing=activation_checkpointing,
+                              loss_scale=loss_scale).validate(ratio or 0.0)
     if target_speedup is not None and schedule not in ("alternate", "one-shot"):
         raise UsageError(f"--target-speedup works with the alternate and one-shot schedules, not {schedule}")
     check_model(model, checkpoint)
