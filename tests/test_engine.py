@@ -351,3 +351,16 @@ def test_loss_scale_auto_is_the_familys(tiny_timm, photos, tmp_path):
     assert family_of(tiny_timm).loss_scale == "raw"
     assert logs["auto"] == logs["raw"]
     assert logs["teacher"] != logs["raw"]
+
+
+def test_run_identity_records_the_scale_a_run_trains_with(tiny_timm):
+    """A raw run's identity is what it was before ``loss_scale`` existed (old checkpoints resume); any
+    other scale is recorded, so a checkpoint of a raw run is not resumed with another."""
+    from vitslim.engine.checkpoint import differences, run_identity
+    from vitslim.engine.options import PruneOptions, TrainOptions
+
+    x = torch.zeros(2, 3, 64, 64)
+    ident = {s: run_identity(tiny_timm, x, 0.5, PruneOptions().describe(), TrainOptions(loss_scale=s).describe())
+             for s in ("auto", "raw", "teacher")}
+    assert "loss_scale" not in ident["auto"] and ident["auto"] == ident["raw"]
+    assert differences(ident["raw"], ident["teacher"]) == ["loss_scale None != 'teacher'"]

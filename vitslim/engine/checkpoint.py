@@ -78,9 +78,20 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         **{k: prune_options[k] for k in ("importance", "ranking", "attention", "round_to", "sigma", "importance_batches")},
         **({k: prune_options[k] for k in ("target_speedup", "latency_batch")} if prune_options.get("target_speedup") else {}),
         **{k: train_options[k] for k in keep},
-        # only when set, so that checkpoints written before the option existed still resume
-        **({"loss_scale": train_options["loss_scale"]} if train_options.get("loss_scale", "auto") != "auto" else {}),
+        # the scale the run trains with, recorded when it is not raw (checkpoints written before the
+        # option existed were raw, and still resume; a SAM 2 one is refused: its family now scales)
+        **({"loss_scale": scale} if (scale := resolved_loss_scale(teacher, train_options)) != "raw" else {}),
     }
+
+
+def resolved_loss_scale(teacher: nn.Module, train_options: dict) -> str:
+    """The ``loss_scale`` a run distils with: the option, or the family's when it is auto."""
+    scale = train_options.get("loss_scale", "auto")
+    if scale != "auto":
+        return scale
+    from ..registry import family_of
+
+    return family_of(teacher).loss_scale
 
 
 def differences(saved: dict, current: dict) -> list[str]:
