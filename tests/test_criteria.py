@@ -1,5 +1,6 @@
 """Each criterion picks what it should on constructed cases."""
 
+import pytest
 import torch
 
 import vitslim
@@ -117,3 +118,31 @@ def test_taylor_reports_progress(tiny_timm, photos):
     seen = []
     vitslim.plan(tiny_timm, 0.5, part="bottleneck", data=x, batches=3, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_disturbed_taylor_follows_the_familys_loss_scale():
+    """With a family that distils by the teacher's scale (SAM 2), the disturbed-Taylor loss is relative
+    on every output tensor: noise of std sigma x the tensor's RMS, the MSE over its mean square, so the
+    gradient a tensor sends back shrinks with its scale, as the family's distillation loss does; with
+    ``raw`` the noise is absolute (SlimSAM's) and every tensor sends back the same size of gradient."""
+    from types import SimpleNamespace
+
+    from vitslim.criteria.taylor import DisturbedTaylorImportance
+
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.randn(2, 4, 8, 8, generator=g), 1000 * torch.randn(2, 4, 8, 8, generator=g)
+
+    def gradients(scale: str) -> tuple[float, float, float]:
+        crit = DisturbedTaylorImportance(sigma=0.01)
+        crit._gen = torch.Generator().manual_seed(1)
+        family = SimpleNamespace(loss_scale=scale, output_features=lambda out: out)
+        outs = [small.clone().requires_grad_(), large.clone().requires_grad_()]
+        value = crit.loss(outs, None, SimpleNamespace(family=family))
+        value.backward()
+        return float(value), float(outs[0].grad.norm()), float(outs[1].grad.norm())
+
+    value, g_small, g_large = gradients("raw")
+    assert value == pytest.approx(1e-4, rel=0.2) and g_large == pytest.approx(g_small, rel=0.1)
+    value, g_small, g_large = gradients("teacher")
+    assert value == pytest.approx(1e-4, rel=0.2)  # sigma^2 of each tensor's mean square
+    assert g_large == pytest.approx(g_small / 1000, rel=0.1)

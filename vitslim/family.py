@@ -20,7 +20,8 @@ class Family:
 
     name: str = ""
     #: how distillation weighs the MSEs of tensors on different scales when ``loss_scale`` is auto:
-    #: ``raw`` (as they are) or ``teacher`` (each divided by the reference tensor's mean square)
+    #: ``raw`` (as they are) or ``teacher`` (each divided by the reference tensor's mean square; the
+    #: disturbed-Taylor criterion then scales its noise and loss by each output tensor's too)
     loss_scale: str = "raw"
 
     def model_names(self) -> list[str]:

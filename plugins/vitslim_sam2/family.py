@@ -102,8 +102,9 @@ class Sam2Family(Family):
 
     name = "sam2"
     # the FPN levels' mean squares differ by four orders of magnitude (shapes-sam2 teacher: 1.1, 3.8 and
-    # 27,700), so raw MSEs align only the coarsest level; per-level scaling measured better on 2 seeds
-    # (box agreement with the teacher 0.702 -> 0.730 at 0.5 @ 1%, docs/quality.md)
+    # 27,700), so raw MSEs align only the coarsest level; per-level scaling, in distillation and in the
+    # disturbed-Taylor importance, measured better on 2 seeds (box agreement with the teacher 0.702 ->
+    # 0.789 at 0.5 @ 1%, docs/quality.md)
     loss_scale = "teacher"
 
     def model_names(self) -> list[str]:

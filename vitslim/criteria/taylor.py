@@ -123,10 +123,15 @@ class DisturbedTaylorImportance(TaylorImportance):
         import torch.nn.functional as F
 
         losses = []
+        scaled = getattr(ctx.family, "loss_scale", "raw") == "teacher"
         for out in ctx.family.output_features(output):  # the output tensors the family's model reads
             target = out.detach()
             noise = torch.randn(target.shape, generator=self._gen, dtype=target.dtype).to(target.device)
-            losses.append(F.mse_loss(out, target + self.sigma * noise))
+            if scaled:  # noise and loss relative to each tensor's scale, as the family distils
+                ms = target.float().pow(2).mean().clamp_min(1e-12)
+                losses.append(F.mse_loss(out, target + self.sigma * ms.sqrt() * noise) / ms)
+            else:
+                losses.append(F.mse_loss(out, target + self.sigma * noise))
         return torch.stack(losses).mean()
 
     def describe(self) -> dict:
