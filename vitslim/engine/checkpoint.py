@@ -80,18 +80,15 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         **{k: train_options[k] for k in keep},
         # the scale the run trains with, recorded when it is not raw (checkpoints written before the
         # option existed were raw, and still resume; a SAM 2 one is refused: its family now scales)
-        **({"loss_scale": scale} if (scale := resolved_loss_scale(teacher, train_options)) != "raw" else {}),
+        **({"loss_scale": scale} if (scale := _loss_scale(teacher, train_options)) != "raw" else {}),
     }
 
 
-def resolved_loss_scale(teacher: nn.Module, train_options: dict) -> str:
-    """The ``loss_scale`` a run distils with: the option, or the family's when it is auto."""
-    scale = train_options.get("loss_scale", "auto")
-    if scale != "auto":
-        return scale
+def _loss_scale(teacher: nn.Module, train_options: dict) -> str:
     from ..registry import family_of
+    from .losses import resolve_loss_scale
 
-    return family_of(teacher).loss_scale
+    return resolve_loss_scale(train_options.get("loss_scale", "auto"), family_of(teacher))
 
 
 def differences(saved: dict, current: dict) -> list[str]:

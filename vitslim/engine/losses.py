@@ -12,6 +12,11 @@ OUTPUT = "output"
 LOSS_SCALES = ("auto", "raw", "teacher")  # auto: the family's Family.loss_scale
 
 
+def resolve_loss_scale(option: str, family) -> str:
+    """The scale a run distils with: ``option``, or the family's when it is ``auto``."""
+    return family.loss_scale if option == "auto" else option
+
+
 @dataclass
 class Term:
     """``weight(epoch) * MSE(student[tap], reference[tap])`` summed over the tap's points.

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..memory import checkpointed
 from .checkpoint import Checkpointer
+from .losses import resolve_loss_scale
 from .lr import LrSchedule
 from .options import PruneOptions, TrainOptions
 from .schedules import Stage
@@ -116,7 +117,7 @@ def run_stage(run: RunState, index: int, stages: list[Stage], current: nn.Module
         scheduler.load_state_dict(resume["scheduler"])
     structure = run.family.describe(student)
     blocks = [b.name for b in structure.blocks]
-    scale = opts.loss_scale if opts.loss_scale != "auto" else run.family.loss_scale
+    scale = resolve_loss_scale(opts.loss_scale, run.family)
     loss = StageLoss(run.family, structure, stage.terms, {"original": run.original, "previous": previous}, scale)
     from ..modelfile import to_payload
 
