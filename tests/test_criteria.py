@@ -132,8 +132,8 @@ def test_disturbed_taylor_follows_the_familys_loss_scale():
     g = torch.Generator().manual_seed(0)
     small, large = torch.randn(2, 4, 8, 8, generator=g), 1000 * torch.randn(2, 4, 8, 8, generator=g)
 
-    def gradients(scale: str) -> tuple[float, float, float]:
-        crit = DisturbedTaylorImportance(sigma=0.01)
+    def gradients(scale: str, own: str | None = None) -> tuple[float, float, float]:
+        crit = DisturbedTaylorImportance(sigma=0.01, loss_scale=own)
         crit._gen = torch.Generator().manual_seed(1)
         family = SimpleNamespace(loss_scale=scale, output_features=lambda out: out)
         outs = [small.clone().requires_grad_(), large.clone().requires_grad_()]
@@ -146,3 +146,31 @@ def test_disturbed_taylor_follows_the_familys_loss_scale():
     value, g_small, g_large = gradients("teacher")
     assert value == pytest.approx(1e-4, rel=0.2)  # sigma^2 of each tensor's mean square
     assert g_large == pytest.approx(g_small / 1000, rel=0.1)
+    # the criterion's own scale (what compress passes: the scale it distils with) wins over the family's
+    assert gradients("teacher", own="raw") == gradients("raw")
+    assert gradients("raw", own="teacher") == gradients("teacher")
+    with pytest.raises(ValueError, match="loss_scale"):
+        DisturbedTaylorImportance(loss_scale="relative")
+
+
+def test_compress_scores_importance_with_the_scale_it_distils_with(monkeypatch, tiny_timm, tmp_path):
+    """``compress(loss_scale=...)`` reaches the disturbed-Taylor criterion of every stage (resolved:
+    auto gives the family's), so importance and distillation weigh the outputs alike."""
+    import vitslim
+    from vitslim.criteria.taylor import DisturbedTaylorImportance
+    from vitslim.registry import family_of
+
+    seen = []
+    original = DisturbedTaylorImportance.prepare
+
+    def spy(self, ctx):
+        seen.append(self.loss_scale)
+        return original(self, ctx)
+
+    monkeypatch.setattr(DisturbedTaylorImportance, "prepare", spy)
+    data = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for option, expected in (("teacher", "teacher"), ("auto", family_of(tiny_timm).loss_scale)):
+        seen.clear()
+        vitslim.compress(tiny_timm, 0.25, data=data, epochs=1, batch_size=2, importance_batches=1, progress=False,
+                         loss_scale=option, workdir=tmp_path / option)
+        assert seen == [expected, expected]  # both stages

@@ -26,7 +26,7 @@ from .surgery import remove_channels
 def resolve_criterion(importance: Any, **options: Any) -> C.Criterion:
     """A criterion from a name (built-in or a plugin's), a :class:`Criterion`, or a callable.
 
-    ``options`` (``sigma``, ``batches``, ``seed``, ``p``, ``accumulate``, ``loss_fn``) go to a named
+    ``options`` (``sigma``, ``batches``, ``seed``, ``p``, ``accumulate``, ``loss_fn``, ``loss_scale``) go to a named
     criterion's constructor when it accepts them.
     """
     if isinstance(importance, C.Criterion):

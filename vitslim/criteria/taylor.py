@@ -100,16 +100,23 @@ class DisturbedTaylorImportance(TaylorImportance):
 
     The teacher is the model before pruning; its output is computed without gradients. The noise is
     zero-mean Gaussian with std ``sigma`` (0.01 by default; 0.005-0.05 works), shaped like the batch.
+    ``loss_scale`` "teacher": noise of std ``sigma`` x each output tensor's RMS and each MSE over its mean
+    square (tensors on different scales count alike); "raw": absolute noise and plain MSEs; None: the
+    family's :attr:`~vitslim.family.Family.loss_scale` (``compress`` passes the scale it distils with).
     """
 
     name = "disturbed_taylor"
 
-    def __init__(self, sigma: float = 0.01, batches: int | None = None, accumulate: str = "batch", seed: int = 0):
+    def __init__(self, sigma: float = 0.01, batches: int | None = None, accumulate: str = "batch", seed: int = 0,
+                 loss_scale: str | None = None):
         super().__init__(None, batches, accumulate)
         if sigma <= 0:
             raise ValueError("noise sigma must be positive")
+        if loss_scale not in (None, "raw", "teacher"):
+            raise ValueError(f"loss_scale must be raw, teacher or None, got {loss_scale!r}")
         self.sigma = sigma
         self.seed = seed
+        self.loss_scale = loss_scale
 
     def prepare(self, ctx: ImportanceContext) -> None:
         import torch
@@ -123,7 +130,7 @@ class DisturbedTaylorImportance(TaylorImportance):
         import torch.nn.functional as F
 
         losses = []
-        scaled = getattr(ctx.family, "loss_scale", "raw") == "teacher"
+        scaled = (self.loss_scale or getattr(ctx.family, "loss_scale", "raw")) == "teacher"
         for out in ctx.family.output_features(output):  # the output tensors the family's model reads
             target = out.detach()
             noise = torch.randn(target.shape, generator=self._gen, dtype=target.dtype).to(target.device)
@@ -135,4 +142,5 @@ class DisturbedTaylorImportance(TaylorImportance):
         return torch.stack(losses).mean()
 
     def describe(self) -> dict:
-        return {**super().describe(), "sigma": self.sigma, "seed": self.seed}
+        return {**super().describe(), "sigma": self.sigma, "seed": self.seed,
+                **({"loss_scale": self.loss_scale} if self.loss_scale is not None else {})}

@@ -80,6 +80,7 @@ def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int,
         student = prune(current, None if speed else stage.ratio, part=stage.part, importance=p.importance,
                         ranking=p.ranking, data=calib, attention=p.attention, round_to=p.round_to, sigma=p.sigma,
                         batches=p.importance_batches, seed=run.train.seed + index, progress=progress,
+                        loss_scale=resolve_loss_scale(run.train.loss_scale, run.family),  # as it distils
                         activation_checkpointing=run.train.activation_checkpointing,
                         on_checkpointing=note_checkpointing(run), **speed)
     return student.to(run.train.device)
