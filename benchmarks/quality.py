@@ -89,12 +89,20 @@ def run_one(job: dict) -> dict:
         student = vitslim.prune(teacher, job["ratio"], part=job.get("part", "both"), importance=importance,
                                 ranking=job["ranking"], data=list(calib.split(8)), seed=job["seed"])
     else:
-        data = tb.subset(max(2, round(tb.num_train() * job["fraction"])), seed=job["seed"])
+        # the seed picks the images and seeds the run; --data-seed / --run-seed fix one of the two
+        data = tb.subset(max(2, round(tb.num_train() * job["fraction"])), seed=job.get("data_seed", job["seed"]))
         with tempfile.TemporaryDirectory() as work:
             student = vitslim.compress(teacher, job["ratio"], data=data, schedule=job["schedule"],
-                                       importance=importance, seed=job["seed"], progress=False, workdir=work,
+                                       importance=importance, seed=job.get("run_seed", job["seed"]),
+                                       progress=False, workdir=work,
                                        **job.get("options", {}))
         row["images"] = len(data)
+        if job.get("save"):  # the student, for analysis after the run (named by its row)
+            import hashlib
+
+            name = hashlib.sha1(_key(job).encode()).hexdigest()[:12]
+            Path(job["save"]).mkdir(parents=True, exist_ok=True)
+            row["student_file"] = str(vitslim.save(student, Path(job["save"]) / f"{job['testbed']}-{name}.pt"))
         distill = [h for h in get_info(student)["history"] if h["step"] == "distill"][-1]
         row["resolved"] = {k: distill[k] for k in ("epochs", "lr", "lr_schedule", "augment")}
     row["seconds"] = round(time.perf_counter() - started, 1)
@@ -126,9 +134,15 @@ def jobs_for(args) -> list[dict]:
                         runs = [("alternate", c) for c in args.criteria if "alternate" in args.schedules]
                         runs += [(s, "disturbed_taylor") for s in args.schedules if s != "alternate"]
                         for schedule, crit in runs:
-                            jobs.append({"testbed": name, "section": "compress", "ratio": ratio,
-                                         "fraction": fraction, "schedule": schedule, "criterion": crit,
-                                         "seed": seed, "options": options})
+                            job = {"testbed": name, "section": "compress", "ratio": ratio,
+                                   "fraction": fraction, "schedule": schedule, "criterion": crit,
+                                   "seed": seed, "options": options}
+                            if args.save:
+                                job["save"] = args.save
+                            for fixed in ("data_seed", "run_seed"):
+                                if getattr(args, fixed) is not None:
+                                    job[fixed] = getattr(args, fixed)
+                            jobs.append(job)
     return jobs
 
 
@@ -142,7 +156,8 @@ def _parse_set(item: str) -> tuple[str, object]:
 
 def _key(job: dict) -> str:
     return json.dumps({k: v for k, v in job.items() if k in (
-        "testbed", "section", "ratio", "fraction", "schedule", "criterion", "ranking", "seed", "options", "part")},
+        "testbed", "section", "ratio", "fraction", "schedule", "criterion", "ranking", "seed", "options", "part",
+        "data_seed", "run_seed")},
         sort_keys=True)
 
 
@@ -183,6 +198,9 @@ def summarise(rows: list[dict], markdown: bool = False) -> None:
                  "compress": f"{r.get('schedule')} {r.get('criterion')}"}[r["section"]]
         if r.get("options"):
             label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) + "]"
+        for fixed in ("data_seed", "run_seed"):
+            if fixed in r:
+                label += f" ({fixed.replace('_', ' ')} {r[fixed]})"
         column = "" if r["section"] == "teacher" else (
             f"{r['ratio']}" + (f" @ {r['fraction']:.0%}" if r["section"] == "compress" else ""))
         groups.setdefault((r["testbed"], r["section"], label, column), []).append(r)
@@ -239,6 +257,10 @@ def main() -> None:
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.77])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--data-seed", type=int, help="compress: every seed trains on the images this seed picks "
+                    "(the seeds then vary only the run: noise, augmentation, order)")
+    ap.add_argument("--run-seed", type=int, help="compress: every run is seeded with this (the seeds then vary "
+                    "only which images it gets)")
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     ap.add_argument("--rankings", nargs="+", default=list(RANKINGS))
     ap.add_argument("--parts", nargs="+", default=["both"], help="what the prune section prunes (embedding, "
@@ -249,6 +271,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (each with --threads threads)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", dest="json_out", help="write rows here as they finish")
+    ap.add_argument("--save", metavar="DIR", help="compress: save each student here (the row names its file)")
     ap.add_argument("--resume", action="store_true", help="skip the rows --json already holds")
     ap.add_argument("--table", metavar="JSON", help="only print the tables of an existing JSON file")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")

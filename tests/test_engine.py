@@ -105,7 +105,7 @@ def test_dynamic_weights():
     assert w["output"] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
     assert [s.epochs for s in build_schedule("iterative:3", 0.5, 3)] == [2, 2, 2]
     assert sum(s.epochs for s in build_schedule("one-shot", 0.5, 3)) == 6
-    for bad in ("iterative:0", "iterative:x", "sometimes"):
+    for bad in ("iterative:0", "iterative:x", "alternate:0", "alternate:", "sometimes"):
         with pytest.raises(UsageError):
             build_schedule(bad, 0.5, 2)
 
@@ -247,6 +247,46 @@ def test_iterative_schedule_through_compress(tiny_timm, photos, tmp_path):
     assert [r["stage"] for r in log] == ["round1", "round2"]  # each round 2 * 1 / 2 epochs
     w0, w = vitslim.describe(tiny_timm).widths(), vitslim.describe(out).widths()
     assert w["embed_dim"] == pytest.approx(w0["embed_dim"] * 0.5, abs=2)
+
+
+def test_alternate_in_rounds_cuts_the_same_in_smaller_steps(tiny_timm, photos, tmp_path):
+    """``alternate:K``: K pairs of SlimSAM's stages, each removing 1 - (1 - ratio)^(1/K) of the current
+    widths, sharing each part's epochs; after round 1 the bottleneck alignment reads the last round's
+    model (the teacher's bottlenecks are wider than the student's); ``alternate:1`` is ``alternate``."""
+    stages = build_schedule("alternate:2", 0.75, 4)
+    assert [(s.name, s.part, s.epochs) for s in stages] == [
+        ("embedding1", "embedding", 2), ("bottleneck1", "bottleneck", 2),
+        ("embedding2", "embedding", 2), ("bottleneck2", "bottleneck", 2)]
+    assert all(s.ratio == pytest.approx(0.5) for s in stages)  # 0.5 of 0.5 is 0.75 removed
+    align = [next(t.reference for t in s.terms if t.name == "bottlenecks") for s in stages[::2]]
+    assert align == ["original", "previous"]
+    plain = build_schedule("alternate", 0.77, 4)
+    assert [(s.part, s.ratio, s.epochs) for s in build_schedule("alternate:1", 0.77, 4)] == [
+        (s.part, s.ratio, s.epochs) for s in plain]
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.75, data=x, workdir=tmp_path, schedule="alternate:2",
+                           **{**_short(), "epochs": 2})
+    log = get_info(out)["history"][-1]["log"]
+    assert [r["stage"] for r in log] == ["embedding1", "bottleneck1", "embedding2", "bottleneck2"]
+    w0, w = vitslim.describe(tiny_timm).widths(), vitslim.describe(out).widths()
+    assert w["embed_dim"] == pytest.approx(w0["embed_dim"] * 0.25, abs=2)
+    hidden0 = sum(b["mlp_hidden"] for b in w0["blocks"])
+    assert sum(b["mlp_hidden"] for b in w["blocks"]) == pytest.approx(hidden0 * 0.25, abs=2 * len(w["blocks"]))
+
+
+def test_no_validation_split_trains_on_every_image():
+    """``val_fraction=0``: every image trains and validation measures the fit on them; any other
+    fraction keeps at least one image out."""
+    from vitslim.engine.options import TrainOptions
+    from vitslim.engine.run import split
+
+    assert split(12, 0, seed=3) == (list(range(12)), list(range(12)))
+    train, val = split(12, 0.1, seed=3)
+    assert len(val) == 1 and sorted(train + val) == list(range(12))
+    TrainOptions(val_fraction=0).validate()
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UsageError, match="validation fraction"):
+            TrainOptions(val_fraction=bad).validate()
 
 
 def test_plateau_schedule_halves_the_rate_without_validation_gain(tiny_timm, photos, tmp_path, monkeypatch):

@@ -362,7 +362,7 @@ def compress(
     criterion: Criterion = "disturbed_taylor",
     ranking: Ranking = "global",
     attention: Attention = "head_dim",
-    schedule: Annotated[str, typer.Option("--schedule", help="alternate (SlimSAM) | one-shot | iterative:K")] = "alternate",
+    schedule: Annotated[str, typer.Option("--schedule", help="alternate (SlimSAM) | alternate:K | one-shot | iterative:K")] = "alternate",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per stage of alternate (default: enough "
                       "for --min-steps optimizer steps per stage).")] = None,
     min_steps: Annotated[Optional[int], typer.Option("--min-steps", help="Optimizer steps per stage the default "

@@ -120,7 +120,7 @@ class TrainOptions:
         _number(self.patience, "patience", 0, integer=True)
         _number(self.factor, "factor", 0, strict=True, high=1)
         _number(self.alpha, "alpha", 0)
-        _number(self.val_fraction, "validation fraction", 0, strict=True, high=1)
+        _number(self.val_fraction, "validation fraction", 0, high=1)
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self.augment = parse_augment(self.augment)

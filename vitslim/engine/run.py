@@ -78,7 +78,12 @@ class CompressionResult:
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded train/validation split; at least one validation image and one training image."""
+    """Seeded train/validation split; at least one validation image and one training image.
+    ``val_fraction`` 0: every image trains, and validation measures the fit on them (unaugmented)."""
+    if val_fraction == 0:
+        if n < 1:
+            raise UsageError("compression needs at least 1 image, got 0")
+        return list(range(n)), list(range(n))
     if n < 2:
         raise UsageError(f"compression needs at least 2 images (1 for validation), got {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
