@@ -166,8 +166,6 @@ class _GradientRecorder(torch.optim.Optimizer):
 def _step_gradients(model, x, **options) -> list[list[torch.Tensor]]:
     """The gradients of every optimizer step of one epoch of stage 2 (the bottleneck stage: block-output,
     output terms), as the engine's loop computes them, before any optimizer touches the weights."""
-    from torch.utils.data import TensorDataset
-
     from vitslim.engine.options import TrainOptions
     from vitslim.engine.trainer import train_epoch
 
@@ -272,6 +270,44 @@ def test_alternate_in_rounds_cuts_the_same_in_smaller_steps(tiny_timm, photos, t
     assert w["embed_dim"] == pytest.approx(w0["embed_dim"] * 0.25, abs=2)
     hidden0 = sum(b["mlp_hidden"] for b in w0["blocks"])
     assert sum(b["mlp_hidden"] for b in w["blocks"]) == pytest.approx(hidden0 * 0.25, abs=2 * len(w["blocks"]))
+
+
+def test_calibration_views_are_the_images_then_seeded_augmented_views():
+    """``importance_views=K``: the criterion sees every calibration image as it is, then K - 1 passes of
+    augmented views of them, the same views on every run with the same seed."""
+    from vitslim.engine.augment import parse_augment
+    from vitslim.engine.options import PruneOptions
+    from vitslim.engine.stage import CalibrationViews
+
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    views = CalibrationViews(_Images(x), 3, parse_augment("default"), seed=2, chunk=2)
+    seen = list(views)
+    assert len(views) == len(seen) == 15 and all(v.shape == (1, 3, 16, 16) for v in seen)
+    assert torch.equal(torch.cat(seen[:5]), x)  # the images themselves first
+    assert not torch.allclose(torch.cat(seen[5:10]), x) and not torch.allclose(torch.cat(seen[5:10]), torch.cat(seen[10:]))
+    assert all(torch.equal(a, b) for a, b in zip(seen, CalibrationViews(_Images(x), 3, parse_augment("default"), 2, 2)))
+    with pytest.raises(UsageError, match="importance views"):
+        PruneOptions(importance_views=0).validate()
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def test_importance_views_reach_the_criterion(tiny_timm, photos, tmp_path):
+    x = resize_batch(photos, 64)
+    out = vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path, importance_views=3,
+                           **{**_short(), "importance_batches": None})
+    scored = [h["criterion"]["images"] for h in get_info(out)["history"] if h["step"] == "prune"]
+    train = next(h for h in get_info(out)["history"] if h["step"] == "distill")["images"]["train"]
+    assert scored == [3 * train, 3 * train]
 
 
 def test_no_validation_split_trains_on_every_image():

@@ -377,6 +377,8 @@ def compress(
                        "| e.g. flip,crop=0.5,mixup")] = "default",
     noise_sigma: NoiseSigma = 0.01,
     importance_batches: ImportanceBatches = None,
+    importance_views: Annotated[int, typer.Option("--importance-views", metavar="K", help="Score each "
+                                "calibration image as it is and in K - 1 augmented views (default 1).")] = 1,
     round_to: RoundTo = 1,
     seed: Seed = 0,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present).")] = None,
@@ -407,7 +409,7 @@ def compress(
     check_options(ratio if ratio is not None else 0.0, "both", ranking, attention, round_to)
     prune_opts = PruneOptions(importance=criterion, ranking=ranking, attention=attention, round_to=round_to,
                               sigma=noise_sigma, importance_batches=importance_batches,
-                              target_speedup=target_speedup).validate()
+                              importance_views=importance_views, target_speedup=target_speedup).validate()
     steps = {} if min_steps is None else {"min_steps": min_steps}
     train_opts = TrainOptions(schedule=schedule, epochs=epochs, **steps, batch_size=batch_size, accum=accum,
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,

@@ -40,6 +40,7 @@ class PruneOptions:
     round_to: int = 1
     sigma: float = 0.01
     importance_batches: int | None = None
+    importance_views: int = 1  # each calibration image scored as it is and in views - 1 augmented views
     target_speedup: float | None = None  # instead of a ratio: widths for this speed-up (vitslim.budget)
     latency_batch: int = 1  # the batch the speed-up is for (the latency model is timed at it)
 
@@ -56,6 +57,7 @@ class PruneOptions:
         _number(self.sigma, "noise sigma", 0, strict=True)
         if self.importance_batches is not None:
             _number(self.importance_batches, "importance batches", 1, integer=True)
+        _number(self.importance_views, "importance views", 1, integer=True)
         resolve_criterion(self.importance, sigma=self.sigma)  # an unknown name fails here, before any work
         _number(self.latency_batch, "latency batch", 1, integer=True)
         if self.target_speedup is not None:

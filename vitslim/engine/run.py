@@ -270,7 +270,8 @@ def _forecast(stages, state: dict | None, steps_per_epoch: int, opts: TrainOptio
         if first == state["stage"]:
             epochs[0] -= state["epoch"] + 1
     needs_data = resolve_criterion(prune.importance, sigma=prune.sigma).needs_data
-    images = min(n_train, prune.importance_batches or n_train) if needs_data else 0
+    calibration = n_train * prune.importance_views
+    images = min(calibration, prune.importance_batches or calibration) if needs_data else 0
     return Forecast(epochs, steps_per_epoch, opts.batch_size * opts.accum, images, n_val, str(opts.device))
 
 

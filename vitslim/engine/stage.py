@@ -55,13 +55,34 @@ def note_checkpointing(run: RunState):
     return note
 
 
+class CalibrationViews:
+    """The calibration images one at a time: each as it is, then ``views - 1`` passes of augmented views
+    of them (the training's augmentation, seeded per pass and chunk: every rank and every resume sees the
+    same views), so that few images give the importance more of the input distribution."""
+
+    def __init__(self, dataset: Dataset, views: int, augment: Any, seed: int, chunk: int = 8):
+        self.dataset, self.views, self.augment, self.seed, self.chunk = dataset, views, augment, seed, chunk
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.views
+
+    def __iter__(self):
+        for view in range(self.views):
+            for i, batch in enumerate(DataLoader(self.dataset, batch_size=self.chunk, shuffle=False)):
+                if view > 0 and self.augment.active:
+                    batch = self.augment(batch, torch.Generator().manual_seed(hash((self.seed, view, i)) % 2**63))
+                yield from batch.split(1)
+
+
 def prune_for_stage(run: RunState, current: nn.Module, stage: Stage, index: int, count: int) -> nn.Module:
     """The stage's pruning of ``current``, scored on the training images one at a time (as SlimSAM's
-    reference does; every rank scores the same images alike)."""
+    reference does; every rank scores the same images alike), and on their augmented views when
+    ``importance_views`` > 1."""
     from ..pruning import prune
 
-    calib = DataLoader(run.train_set, batch_size=1, shuffle=False)
     p = run.prune
+    calib = (CalibrationViews(run.train_set, p.importance_views, run.train.augment, run.train.seed + index)
+             if p.importance_views > 1 else DataLoader(run.train_set, batch_size=1, shuffle=False))
     times = [time.perf_counter()]
     with run.ui.bar(f"stage {index + 1}/{count} {stage.name}: importance") as tick:
         def progress(done: int, total: int | None) -> None:  # a stop signal ends the scoring here
