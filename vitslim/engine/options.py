@@ -15,7 +15,16 @@ from .lr import LR_SCHEDULES
 from .schedules import build_schedule
 
 PRECISIONS = ("auto", "fp32", "bf16")
-MIN_STEPS = 2000  # optimizer steps per stage that the default number of epochs reaches
+MIN_STEPS = 2000  # optimizer steps per stage that the default number of epochs reaches from 100 images
+FEW_IMAGES = 100  # below this many training images the default steps grow, up to twice
+
+
+def auto_min_steps(images: int) -> int:
+    """The default optimizer steps per stage: 2000 from 100 images up (those given, validation included);
+    below, 2000 x sqrt(100 / images), at most 4000 (25 images or fewer). Measured on the testbeds (docs/quality.md):
+    twice the steps help with 10-12 images and buy nothing with 100-120."""
+    factor = min(2.0, max(1.0, math.sqrt(FEW_IMAGES / max(1, images))))
+    return int(round(MIN_STEPS * factor))
 
 
 def _number(value: Any, name: str, low: float, *, integer: bool = False, strict: bool = False,
@@ -78,7 +87,8 @@ class PruneOptions:
 class TrainOptions:
     """How each stage distils, and the run's schedule (see :func:`vitslim.compress`).
 
-    ``epochs`` None: enough epochs for ``min_steps`` optimizer steps per stage. ``lr`` None: 0.1 / the
+    ``epochs`` None: enough epochs for ``min_steps`` optimizer steps per stage (``min_steps`` None: by
+    the number of training images, :func:`auto_min_steps`). ``lr`` None: 0.1 / the
     embedding width. ``micro_batch`` 0: 1 image per forward/backward on the CPU, the whole batch on GPU.
     ``activation_checkpointing`` (auto, on, off): recompute each block in the backward pass instead of
     keeping its activations; auto turns it on when they would not fit (see :mod:`vitslim.memory`).
@@ -88,7 +98,7 @@ class TrainOptions:
 
     schedule: str = "alternate"
     epochs: int | None = None
-    min_steps: int = MIN_STEPS
+    min_steps: int | None = None
     batch_size: int = 4
     accum: int = 1
     micro_batch: int = 0
@@ -111,7 +121,8 @@ class TrainOptions:
         if self.epochs is not None:
             _number(self.epochs, "epochs", 1, integer=True)
         build_schedule(self.schedule, ratio, self.epochs or 1, self.alpha)  # an unknown schedule fails here
-        _number(self.min_steps, "min_steps", 1, integer=True)
+        if self.min_steps is not None:
+            _number(self.min_steps, "min_steps", 1, integer=True)
         _number(self.batch_size, "batch size", 1, integer=True)
         _number(self.accum, "accum", 1, integer=True)
         _number(self.micro_batch, "micro batch", 0, integer=True)
@@ -135,13 +146,15 @@ class TrainOptions:
             raise UsageError(f"unknown loss scale '{self.loss_scale}': choose one of {', '.join(LOSS_SCALES)}")
         return self
 
-    def resolved(self, embed_dim: int, device: str, steps_per_epoch: int) -> "TrainOptions":
-        """A copy with every automatic setting decided: device, learning rate, epochs."""
+    def resolved(self, embed_dim: int, device: str, steps_per_epoch: int, images: int = FEW_IMAGES) -> "TrainOptions":
+        """A copy with every automatic setting decided: device, learning rate, steps and epochs (from
+        the ``images`` the run was given)."""
         from .schedules import auto_epochs
 
+        min_steps = self.min_steps if self.min_steps is not None else auto_min_steps(images)
         return replace(
-            self, device=device, lr=self.lr if self.lr is not None else auto_lr(embed_dim),
-            epochs=self.epochs or auto_epochs(self.schedule, steps_per_epoch, self.min_steps),
+            self, device=device, lr=self.lr if self.lr is not None else auto_lr(embed_dim), min_steps=min_steps,
+            epochs=self.epochs or auto_epochs(self.schedule, steps_per_epoch, min_steps),
             augment=parse_augment(self.augment))
 
     def describe(self) -> dict:

@@ -146,7 +146,8 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
     if train.batch_size < size or train.batch_size % size:
         raise UsageError(f"batch size {train.batch_size} must be a multiple of the {size} processes")
     steps_per_epoch = math.ceil(math.ceil(len(train_idx) / train.batch_size) / train.accum)
-    opts = train.resolved(max(s.width for s in family.describe(model).streams()), device, steps_per_epoch)
+    opts = train.resolved(max(s.width for s in family.describe(model).streams()), device, steps_per_epoch,
+                          len(dataset))
     stages = build_schedule(opts.schedule, ratio or 0.0, opts.epochs, opts.alpha)
     identity = run_identity(model, dataset, ratio, prune.describe(), opts.describe())
     if resume and not (workdir / CHECKPOINT).is_file():  # before the lock creates the folder
