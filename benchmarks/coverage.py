@@ -36,7 +36,12 @@ def coverage(row: dict) -> dict:
 
     tb = get_testbed(row["testbed"])
     data = digits_split()
-    idx = _subset_indices(tb, row["images"], row.get("data_seed", row["seed"]))
+    if row.get("pick") == "diverse":
+        from vitslim.selection import pick_images
+
+        idx = pick_images(tb.teacher(), tb.train_images(), row["images"], seed=row.get("data_seed", row["seed"]))
+    else:
+        idx = _subset_indices(tb, row["images"], row.get("data_seed", row["seed"]))
     train, _ = split(len(idx), row.get("options", {}).get("val_fraction", 0.1), row.get("run_seed", row["seed"]))
     seen = sorted(set(data["y_train"][idx[train]].tolist()))
     y = data["y_test"]

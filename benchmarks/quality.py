@@ -90,7 +90,14 @@ def run_one(job: dict) -> dict:
                                 ranking=job["ranking"], data=list(calib.split(8)), seed=job["seed"])
     else:
         # the seed picks the images and seeds the run; --data-seed / --run-seed fix one of the two
-        data = tb.subset(max(2, round(tb.num_train() * job["fraction"])), seed=job.get("data_seed", job["seed"]))
+        count, data_seed = max(2, round(tb.num_train() * job["fraction"])), job.get("data_seed", job["seed"])
+        if job.get("pick") == "diverse":  # k-center on the teacher's outputs over the whole pool
+            from vitslim.selection import pick_images
+
+            pool = tb.train_images()
+            data = pool[pick_images(teacher, pool, count, seed=data_seed)]
+        else:
+            data = tb.subset(count, seed=data_seed)
         with tempfile.TemporaryDirectory() as work:
             student = vitslim.compress(teacher, job["ratio"], data=data, schedule=job["schedule"],
                                        importance=importance, seed=job.get("run_seed", job["seed"]),
@@ -142,6 +149,8 @@ def jobs_for(args) -> list[dict]:
                             for fixed in ("data_seed", "run_seed"):
                                 if getattr(args, fixed) is not None:
                                     job[fixed] = getattr(args, fixed)
+                            if args.pick != "random":
+                                job["pick"] = args.pick
                             jobs.append(job)
     return jobs
 
@@ -157,7 +166,7 @@ def _parse_set(item: str) -> tuple[str, object]:
 def _key(job: dict) -> str:
     return json.dumps({k: v for k, v in job.items() if k in (
         "testbed", "section", "ratio", "fraction", "schedule", "criterion", "ranking", "seed", "options", "part",
-        "data_seed", "run_seed")},
+        "data_seed", "run_seed", "pick")},
         sort_keys=True)
 
 
@@ -201,6 +210,8 @@ def summarise(rows: list[dict], markdown: bool = False) -> None:
         for fixed in ("data_seed", "run_seed"):
             if fixed in r:
                 label += f" ({fixed.replace('_', ' ')} {r[fixed]})"
+        if r.get("pick"):
+            label += f" (images: {r['pick']})"
         column = "" if r["section"] == "teacher" else (
             f"{r['ratio']}" + (f" @ {r['fraction']:.0%}" if r["section"] == "compress" else ""))
         groups.setdefault((r["testbed"], r["section"], label, column), []).append(r)
@@ -259,6 +270,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data-seed", type=int, help="compress: every seed trains on the images this seed picks "
                     "(the seeds then vary only the run: noise, augmentation, order)")
+    ap.add_argument("--pick", choices=("random", "diverse"), default="random", help="compress: how the images "
+                    "are drawn from the training pool: seeded at random, or k-center on the teacher's outputs "
+                    "(vitslim.selection)")
     ap.add_argument("--run-seed", type=int, help="compress: every run is seeded with this (the seeds then vary "
                     "only which images it gets)")
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
