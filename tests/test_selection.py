@@ -33,3 +33,59 @@ def test_pick_images_reads_the_teachers_outputs(tiny_timm, photos):
     assert feats.shape == (len(x), 1000) and torch.allclose(feats.norm(dim=1), torch.ones(len(x)))
     idx = pick_images(tiny_timm, x, 3, seed=1)
     assert idx.tolist() == k_center(feats, 3, seed=1) and len(set(idx.tolist())) == 3
+
+
+def test_compress_pick_trains_on_every_picked_image_and_validates_on_the_rest(tiny_timm, photos, tmp_path):
+    """``compress(pick=N)``: the N picked images all train; validation comes from the images not picked;
+    the run records the pick (a resume with another pick is another run)."""
+    import vitslim
+    from vitslim.info import get_info
+
+    x = resize_batch(photos, 64)
+    x = torch.cat([x, x.flip(-1)])  # 8 images: without a pick, 7 would train
+    out = vitslim.compress(tiny_timm, 0.5, data=x, pick=4, epochs=1, batch_size=2, importance_batches=1,
+                           importance="magnitude", progress=False, workdir=tmp_path / "w")
+    distill = next(h for h in get_info(out)["history"] if h["step"] == "distill")
+    assert distill["images"] == {"train": 4, "val": 1} and distill["pick"] == 4
+    from vitslim.data import TensorDataset
+    from vitslim.engine.options import TrainOptions
+    from vitslim.engine.run import _picked
+
+    images, train, val = _picked(tiny_timm, TensorDataset(x), TrainOptions(pick=4), "cpu", progress=False)
+    picked = pick_images(tiny_timm, x, 4).tolist()
+    assert [images.indices[i] for i in train] == picked
+    assert len(val) == 1 and images.indices[val[0]] not in picked
+    with pytest.raises(UsageError, match="pick"):
+        vitslim.compress(tiny_timm, 0.5, data=x, pick=1, epochs=1, progress=False, workdir=tmp_path / "bad")
+
+
+def test_cli_pick_evaluates_on_images_it_did_not_train_on(tmp_path, capsys):
+    """``vitslim compress --pick N`` on a folder: the picked images train, and the end-of-run evaluation
+    reads a held-out file from the rest."""
+    import json
+
+    from PIL import Image
+
+    import vitslim
+    from vitslim.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(6):
+        pixels = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    model = vitslim.create("timm:vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=16, embed_dim=48,
+                           depth=2, num_heads=3)
+    src = vitslim.save(model, tmp_path / "t.pt")
+    try:
+        main(["compress", str(src), "--ratio", "0.5", "--data", str(folder), "--pick", "3", "--epochs", "1",
+              "--batch-size", "1", "--criterion", "magnitude", "--out", str(tmp_path / "s.pt"), "--json"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["images"] == {"train": 3, "val": 1} and summary["eval"]

@@ -394,6 +394,8 @@ def compress(
     loss_scale: Annotated[str, typer.Option(
         "--loss-scale", help="auto | raw | teacher: each distillation MSE as it is, or divided by the "
         "teacher tensor's mean square (auto: the family's choice).")] = "auto",
+    pick: Annotated[Optional[int], typer.Option("--pick", metavar="N", help="Distil on the N images of --data "
+                    "that cover the teacher's outputs best (k-center greedy; validation from the rest).")] = None,
     target_speedup: TargetSpeedup = None,
     force: Force = False,
     as_json: AsJson = False,
@@ -415,7 +417,7 @@ def compress(
                               micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, augment=augment, seed=seed,
                               device=device, precision=precision, fast=fast,
                               activation_checkpointing=activation_checkpointing,
-                              loss_scale=loss_scale).validate(ratio or 0.0)
+                              loss_scale=loss_scale, pick=pick).validate(ratio or 0.0)
     if target_speedup is not None and schedule not in ("alternate", "one-shot"):
         raise UsageError(f"--target-speedup works with the alternate and one-shot schedules, not {schedule}")
     check_model(model, checkpoint)

@@ -14,29 +14,39 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from torch.utils.data import Dataset
 
 from .errors import UsageError
 
 
-def teacher_features(model: nn.Module, images: torch.Tensor, batch: int = 16,
+def teacher_features(model: nn.Module, images: torch.Tensor | Dataset, batch: int = 16,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """One row per image: the family's output features of ``model``'s encoder, each tensor averaged over
-    its spatial axes and scaled to unit norm, then concatenated (so every output tensor counts alike)."""
+    """One row per image (a (N, C, H, W) tensor or a dataset of preprocessed images): the family's output
+    features of ``model``'s encoder, each tensor averaged over its spatial axes and scaled to unit norm,
+    then concatenated (so every output tensor counts alike)."""
     import torch
+    from torch.utils.data import DataLoader
 
     from .registry import family_of
 
     family = family_of(model)
-    encoder = family.encoder(model).eval()
+    encoder = family.encoder(model)
+    was_training = encoder.training
+    encoder.eval()
     device = next(encoder.parameters()).device
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            outs = family.output_features(encoder(images[start:start + batch].to(device)))
-            parts = [o.float().flatten(2).mean(-1) if o.dim() > 2 else o.float().flatten(1) for o in outs]
-            rows.append(torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], 1).cpu())
-            if progress is not None:
-                progress(min(start + batch, len(images)), len(images))
+    batches = images.split(batch) if isinstance(images, torch.Tensor) else DataLoader(images, batch_size=batch)
+    rows, done = [], 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                outs = family.output_features(encoder(x.to(device)))
+                parts = [o.float().flatten(2).mean(-1) if o.dim() > 2 else o.float().flatten(1) for o in outs]
+                rows.append(torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], 1).cpu())
+                done += len(x)
+                if progress is not None:
+                    progress(done, len(images))
+    finally:
+        encoder.train(was_training)
     return torch.cat(rows)
 
 
@@ -58,10 +68,11 @@ def k_center(features: torch.Tensor, count: int, seed: int = 0) -> list[int]:
     return sorted(chosen)
 
 
-def pick_images(model: nn.Module, images: torch.Tensor, count: int, seed: int = 0,
+def pick_images(model: nn.Module, images: torch.Tensor | Dataset, count: int, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """The indices of ``count`` of ``images`` (preprocessed encoder inputs, (N, C, H, W)) that cover the
-    teacher's output features best (k-center greedy; ``seed`` picks the first)."""
+    """The indices of ``count`` of ``images`` (preprocessed encoder inputs: (N, C, H, W), or a dataset of
+    them) that cover the teacher's output features best (k-center greedy; ``seed`` picks the first).
+    ``compress(pick=N)`` and ``vitslim compress --pick N`` distil on those."""
     import torch
 
     return torch.tensor(k_center(teacher_features(model, images, progress=progress), count, seed))

@@ -78,6 +78,7 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         **{k: prune_options[k] for k in ("importance", "ranking", "attention", "round_to", "sigma", "importance_batches")},
         **({k: prune_options[k] for k in ("target_speedup", "latency_batch")} if prune_options.get("target_speedup") else {}),
         **({"importance_views": v} if (v := prune_options.get("importance_views", 1)) != 1 else {}),
+        **({"pick": train_options["pick"]} if train_options.get("pick") is not None else {}),
         **{k: train_options[k] for k in keep},
         # the scale the run trains with, recorded when it is not raw (checkpoints written before the
         # option existed were raw, and still resume; a SAM 2 one is refused: its family now scales)

@@ -94,6 +94,8 @@ class TrainOptions:
     keeping its activations; auto turns it on when they would not fit (see :mod:`vitslim.memory`).
     ``loss_scale`` (auto, raw, teacher): each distillation MSE as it is, or divided by the reference
     tensor's mean square; auto takes the family's :attr:`~vitslim.family.Family.loss_scale`.
+    ``pick`` N: distil on the N given images that cover the teacher's outputs best (k-center greedy,
+    :mod:`vitslim.selection`); None: on all of them.
     """
 
     schedule: str = "alternate"
@@ -116,6 +118,7 @@ class TrainOptions:
     num_workers: int = 0
     activation_checkpointing: str = "auto"
     loss_scale: str = "auto"
+    pick: int | None = None  # distil on this many of the images, picked by vitslim.selection (None: all)
 
     def validate(self, ratio: float = 0.5) -> "TrainOptions":
         if self.epochs is not None:
@@ -140,6 +143,8 @@ class TrainOptions:
         from ..memory import check_mode
 
         check_mode(self.activation_checkpointing)
+        if self.pick is not None:
+            _number(self.pick, "pick", 1 if self.val_fraction == 0 else 2, integer=True)
         from .losses import LOSS_SCALES
 
         if self.loss_scale not in LOSS_SCALES:

@@ -140,9 +140,12 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
     workdir = Path(workdir) if workdir is not None else default_workdir(out)
     family = family_of(model)
     dataset = as_dataset(data, lambda im: family.preprocess(model, im))
-    train_idx, val_idx = split(len(dataset), train.val_fraction, train.seed)
     device = init_distributed(train.device)
     rank, size = world()
+    if train.pick is not None and train.pick < len(dataset):
+        dataset, train_idx, val_idx = _picked(model, dataset, train, device, progress and rank == 0)
+    else:
+        train_idx, val_idx = split(len(dataset), train.val_fraction, train.seed)
     if train.batch_size < size or train.batch_size % size:
         raise UsageError(f"batch size {train.batch_size} must be a multiple of the {size} processes")
     steps_per_epoch = math.ceil(math.ceil(len(train_idx) / train.batch_size) / train.accum)
@@ -202,9 +205,16 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         from ..modelfile import save
 
         save(final, out)
-    images = getattr(dataset, "images", None)
-    return CompressionResult(final, model, [images[i] for i in val_idx] if images is not None else [],
+    return CompressionResult(final, model, _source_images(dataset, val_idx),
                              {"train": len(train_idx), "val": len(val_idx)}, seconds, forecast.describe())
+
+
+def _source_images(dataset: Any, idx: list[int]) -> list:
+    """The files or PIL images behind ``idx`` of ``dataset`` (through picked subsets); [] for tensors."""
+    while isinstance(dataset, Subset):
+        idx, dataset = [dataset.indices[i] for i in idx], dataset.dataset
+    images = getattr(dataset, "images", None)
+    return [images[i] for i in idx] if images is not None else []
 
 
 def _stages(run: RunState, stages, state: dict | None) -> nn.Module:
@@ -274,6 +284,25 @@ def _forecast(stages, state: dict | None, steps_per_epoch: int, opts: TrainOptio
     calibration = n_train * prune.importance_views
     images = min(calibration, prune.importance_batches or calibration) if needs_data else 0
     return Forecast(epochs, steps_per_epoch, opts.batch_size * opts.accum, images, n_val, str(opts.device))
+
+
+def _picked(model: nn.Module, dataset: Any, train: TrainOptions, device: str,
+            progress: bool) -> tuple[Subset, list[int], list[int]]:
+    """(images, train indices, validation indices): every one of the ``train.pick`` images of ``dataset``
+    that cover the teacher's outputs best trains (each is there for what only it shows), and validation
+    draws its share from the images not picked (seeded). Every rank picks the same."""
+    from ..progress import StageProgress
+    from ..selection import pick_images
+
+    with StageProgress(enabled=progress).bar(f"picking {train.pick} of {len(dataset)} images") as tick:
+        chosen = pick_images(model.to(device), dataset, train.pick, seed=train.seed, progress=tick).tolist()
+    n = len(chosen)
+    if train.val_fraction == 0:
+        return Subset(dataset, chosen), list(range(n)), list(range(n))
+    rest = sorted(set(range(len(dataset))) - set(chosen))
+    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(train.seed)).tolist()
+    held = [rest[i] for i in order[:max(1, round(n * train.val_fraction))]]
+    return Subset(dataset, chosen + sorted(held)), list(range(n)), list(range(n, n + len(held)))
 
 
 def _interrupted(checkpointer: Checkpointer, workdir: Path) -> Interrupted:
