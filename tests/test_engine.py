@@ -313,15 +313,15 @@ def test_importance_views_reach_the_criterion(tiny_timm, photos, tmp_path):
 
 
 def test_default_steps_follow_the_number_of_images():
-    """2000 optimizer steps per stage from 100 images; 2000 x sqrt(100 / images) below, at most 4000; an
+    """2000 optimizer steps per stage from 100 images; 2000 x 100 / images below, at most 8000; an
     explicit ``min_steps`` wins; the resolved options carry the number (the run's identity and file)."""
     from vitslim.engine.options import TrainOptions, auto_min_steps
 
-    assert [auto_min_steps(n) for n in (1, 12, 25, 50, 100, 10_000)] == [4000, 4000, 4000, 2828, 2000, 2000]
+    assert [auto_min_steps(n) for n in (1, 12, 25, 40, 50, 100, 10_000)] == [8000, 8000, 8000, 5000, 4000, 2000, 2000]
     steps = [auto_min_steps(n) for n in range(1, 200)]
     assert steps == sorted(steps, reverse=True)  # fewer images, never fewer steps
     few = TrainOptions().validate().resolved(48, "cpu", steps_per_epoch=3, images=12)
-    assert (few.min_steps, few.epochs) == (4000, 1334)
+    assert (few.min_steps, few.epochs) == (8000, 2667)
     many = TrainOptions().validate().resolved(48, "cpu", steps_per_epoch=25, images=100)
     assert (many.min_steps, many.epochs) == (2000, 80)
     assert TrainOptions(min_steps=500).validate().resolved(48, "cpu", 3, images=12).min_steps == 500

@@ -72,7 +72,7 @@ class DigitsTestbed(Testbed):
     metric = "accuracy"
     shipped_dir = Path(__file__).parent / "teachers"
     about = "a 4-block timm ViT (width 96, 3 heads) on scikit-learn's handwritten digits"
-    # 12 images would get 4000 steps per stage by default: the demo takes 2000 to fit its few minutes
+    # 12 images would get 8000 steps per stage by default: the demo takes 2000 to fit its few minutes
     demo = {"ratio": 0.5, "fraction": 0.01, "options": {"min_steps": 2000}, "batch": 64, "runs": 20}
     recipe = {"epochs": 60, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1}
     config = CONFIG
