@@ -310,6 +310,9 @@ def test_importance_views_reach_the_criterion(tiny_timm, photos, tmp_path):
     scored = [h["criterion"]["images"] for h in get_info(out)["history"] if h["step"] == "prune"]
     train = next(h for h in get_info(out)["history"] if h["step"] == "distill")["images"]["train"]
     assert scored == [3 * train, 3 * train]
+    with pytest.raises(UsageError, match="need an augmentation"):
+        vitslim.compress(copy.deepcopy(tiny_timm), 0.5, data=x, workdir=tmp_path / "none", importance_views=3,
+                         augment="none", **_short())
 
 
 def test_default_steps_follow_the_number_of_images():
@@ -448,7 +451,8 @@ def test_loss_scale_auto_is_the_familys(tiny_timm, photos, tmp_path):
 
 def test_run_identity_records_the_scale_a_run_trains_with(tiny_timm):
     """A raw run's identity is what it was before ``loss_scale`` existed (old checkpoints resume); any
-    other scale is recorded, so a checkpoint of a raw run is not resumed with another."""
+    other scale is recorded, so a checkpoint of a raw run is not resumed with another; a scale other
+    than the family's is recorded for the importance too (it followed the family's before)."""
     from vitslim.engine.checkpoint import differences, run_identity
     from vitslim.engine.options import PruneOptions, TrainOptions
 
@@ -456,4 +460,5 @@ def test_run_identity_records_the_scale_a_run_trains_with(tiny_timm):
     ident = {s: run_identity(tiny_timm, x, 0.5, PruneOptions().describe(), TrainOptions(loss_scale=s).describe())
              for s in ("auto", "raw", "teacher")}
     assert "loss_scale" not in ident["auto"] and ident["auto"] == ident["raw"]
-    assert differences(ident["raw"], ident["teacher"]) == ["loss_scale None != 'teacher'"]
+    assert differences(ident["raw"], ident["teacher"]) == ["loss_scale None != 'teacher'",
+                                                           "importance_scale None != 'teacher'"]

@@ -22,6 +22,8 @@ def test_k_center_takes_one_image_from_every_cluster_before_a_second():
         assert len(set(chosen)) == 5 and chosen == sorted(chosen)
         assert sorted(cluster[chosen].tolist()) == [0, 1, 2, 3, 4]
     assert k_center(features, 97, seed=0) == list(range(97))
+    twice = torch.cat([features[:3], features[:3]])  # duplicates: distance 0, still never picked twice
+    assert k_center(twice, 6, seed=0) == list(range(6))
     for bad in (0, 98):
         with pytest.raises(UsageError, match="cannot pick"):
             k_center(features, bad)
@@ -55,8 +57,10 @@ def test_compress_pick_trains_on_every_picked_image_and_validates_on_the_rest(ti
     picked = pick_images(tiny_timm, x, 4).tolist()
     assert [images.indices[i] for i in train] == picked
     assert len(val) == 1 and images.indices[val[0]] not in picked
-    with pytest.raises(UsageError, match="pick"):
-        vitslim.compress(tiny_timm, 0.5, data=x, pick=1, epochs=1, progress=False, workdir=tmp_path / "bad")
+    with pytest.raises(UsageError, match="cannot pick 9 images: the data holds 8"):
+        vitslim.compress(tiny_timm, 0.5, data=x, pick=9, epochs=1, progress=False, workdir=tmp_path / "bad")
+    with pytest.raises(UsageError, match="pick must be"):
+        vitslim.compress(tiny_timm, 0.5, data=x, pick=0, epochs=1, progress=False, workdir=tmp_path / "bad")
 
 
 def test_cli_pick_evaluates_on_images_it_did_not_train_on(tmp_path, capsys):

@@ -35,20 +35,24 @@ def compress(model: nn.Module, ratio: float | None = None, data: Any = None, *, 
     preprocessed images, or a Dataset of them. ``options`` (see :mod:`vitslim.engine.options`):
 
     - how each stage prunes: ``importance`` (``disturbed_taylor``), ``ranking`` (``global``),
-      ``attention`` (``head_dim``), ``round_to``, ``sigma``, ``importance_batches``, ``target_speedup``
+      ``attention`` (``head_dim``), ``round_to``, ``sigma``, ``importance_batches``, ``importance_views``
+      (1: each calibration image as it is; K: and K - 1 augmented views of it), ``target_speedup``
       (the latency model is measured on the run's device once, then cached; the file records the
       target, the predicted and the measured speed-up);
     - the schedule: ``schedule`` (``alternate``: stage 1 prunes the embedding width and distils while
       aligning the bottleneck features with the original's; stage 2 prunes the bottlenecks and aligns
-      the block outputs with stage 1's under dynamic weights ``alpha``; ``one-shot`` and
-      ``iterative:K`` spend the same epochs);
-    - made for little data: ``epochs`` per stage (default: enough for ``min_steps`` = 2000 optimizer
-      steps per stage, one epoch from about 8,000 images at batch 4), ``lr`` (default 0.1 / the
+      the block outputs with stage 1's under dynamic weights ``alpha``; ``alternate:K`` makes the same
+      cut in K rounds of both stages, sharing each part's epochs; ``one-shot`` and ``iterative:K`` spend
+      the same epochs);
+    - made for little data: ``epochs`` per stage (default: enough for ``min_steps`` optimizer steps per
+      stage; ``min_steps`` by default 2000 from 100 images, 2000 x 100 / images below, at most 8000),
+      ``pick`` (distil on the N images that cover the teacher's outputs best: :mod:`vitslim.selection`),
+      ``lr`` (default 0.1 / the
       embedding width), ``lr_schedule`` (``cosine`` over each stage, SlimSAM's ``plateau``,
       ``constant``), ``augment`` (views shared by teacher and student: ``default``, ``none``, or
       e.g. ``"flip,crop=0.5,mixup"``);
     - the loop: ``batch_size`` (4), ``accum``, ``micro_batch`` (images per forward/backward; 0: 1 on
-      CPU, the whole batch on GPU), ``val_fraction`` (0.1), ``patience``/``factor`` (plateau), ``seed``,
+      CPU, the whole batch on GPU), ``val_fraction`` (0.1; 0: none held out), ``patience``/``factor`` (plateau), ``seed``,
       ``device``, ``precision`` (``auto``: bf16 autocast on CUDA), ``fast`` (the family's fused
       attention; same numbers), ``activation_checkpointing`` (``auto``: recompute each block in the
       backward pass when its activations would take over half the free memory; ``on``, ``off``).

@@ -61,10 +61,12 @@ def k_center(features: torch.Tensor, count: int, seed: int = 0) -> list[int]:
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     chosen = [first]
     nearest = torch.cdist(features, features[first:first + 1]).squeeze(1)
+    nearest[first] = -1.0  # never again, even among duplicates (all at distance 0)
     while len(chosen) < count:
         nxt = int(nearest.argmax())
         chosen.append(nxt)
         nearest = torch.minimum(nearest, torch.cdist(features, features[nxt:nxt + 1]).squeeze(1))
+        nearest[chosen] = -1.0
     return sorted(chosen)
 
 

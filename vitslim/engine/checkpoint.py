@@ -70,7 +70,8 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
     from ..info import get_info
 
     info = get_info(teacher) or {}
-    keep = ("schedule", "epochs", "min_steps", "batch_size", "accum", "lr", "lr_schedule", "patience", "factor",
+    # min_steps is not kept: the resolved epochs say what it decided (and an explicit --epochs overrides it)
+    keep = ("schedule", "epochs", "batch_size", "accum", "lr", "lr_schedule", "patience", "factor",
             "augment", "alpha", "val_fraction", "seed")
     return {
         "model": info.get("name"), "config": json.loads(json.dumps(info.get("config", {}), default=str)),
@@ -83,7 +84,16 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         # the scale the run trains with, recorded when it is not raw (checkpoints written before the
         # option existed were raw, and still resume; a SAM 2 one is refused: its family now scales)
         **({"loss_scale": scale} if (scale := _loss_scale(teacher, train_options)) != "raw" else {}),
+        # the importance follows that scale since it could be chosen; before, the family's: a run whose
+        # scale is not the family's records it, so its older checkpoints (scored otherwise) are refused
+        **({"importance_scale": scale} if scale != _family_scale(teacher) else {}),
     }
+
+
+def _family_scale(teacher: nn.Module) -> str:
+    from ..registry import family_of
+
+    return family_of(teacher).loss_scale
 
 
 def _loss_scale(teacher: nn.Module, train_options: dict) -> str:

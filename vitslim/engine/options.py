@@ -146,7 +146,7 @@ class TrainOptions:
 
         check_mode(self.activation_checkpointing)
         if self.pick is not None:
-            _number(self.pick, "pick", 1 if self.val_fraction == 0 else 2, integer=True)
+            _number(self.pick, "pick", 1, integer=True)
         from .losses import LOSS_SCALES
 
         if self.loss_scale not in LOSS_SCALES:

@@ -49,7 +49,7 @@ class Preempted(Interrupted):
 @dataclass
 class CompressionResult:
     """The compressed model, the held-out images (paths or PIL images, for :func:`vitslim.evaluate`;
-    empty for tensor data), and what a front end shows (:meth:`summary`)."""
+    empty for tensor data and when none was held out), and what a front end shows (:meth:`summary`)."""
 
     student: nn.Module
     teacher: nn.Module
@@ -142,7 +142,11 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
     dataset = as_dataset(data, lambda im: family.preprocess(model, im))
     device = init_distributed(train.device)
     rank, size = world()
-    if train.pick is not None and train.pick < len(dataset):
+    if train.pick is not None and train.pick > len(dataset):
+        raise UsageError(f"cannot pick {train.pick} images: the data holds {len(dataset)}")
+    if prune.importance_views > 1 and not train.augment.active:
+        raise UsageError("importance views are augmented views: they need an augmentation (augment is none)")
+    if train.pick is not None:
         dataset, train_idx, val_idx = _picked(model, dataset, train, device, progress and rank == 0)
     else:
         train_idx, val_idx = split(len(dataset), train.val_fraction, train.seed)
@@ -205,7 +209,8 @@ def run(model: nn.Module, ratio: float, data: Any, prune: PruneOptions, train: T
         from ..modelfile import save
 
         save(final, out)
-    return CompressionResult(final, model, _source_images(dataset, val_idx),
+    held_out = val_idx != train_idx  # val_fraction=0: validation is the training images, none held out
+    return CompressionResult(final, model, _source_images(dataset, val_idx) if held_out else [],
                              {"train": len(train_idx), "val": len(val_idx)}, seconds, forecast.describe())
 
 
@@ -296,10 +301,14 @@ def _picked(model: nn.Module, dataset: Any, train: TrainOptions, device: str,
 
     with StageProgress(enabled=progress).bar(f"picking {train.pick} of {len(dataset)} images") as tick:
         chosen = pick_images(model.to(device), dataset, train.pick, seed=train.seed, progress=tick).tolist()
+    if world()[1] > 1:  # rank 0's pick for all (a near tie could go another way on another device)
+        box = [chosen]
+        torch.distributed.broadcast_object_list(box, src=0)
+        chosen = box[0]
     n = len(chosen)
-    if train.val_fraction == 0:
-        return Subset(dataset, chosen), list(range(n)), list(range(n))
     rest = sorted(set(range(len(dataset))) - set(chosen))
+    if train.val_fraction == 0 or not rest:  # nothing held out: validation measures the fit
+        return Subset(dataset, chosen), list(range(n)), list(range(n))
     order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(train.seed)).tolist()
     held = [rest[i] for i in order[:max(1, round(n * train.val_fraction))]]
     return Subset(dataset, chosen + sorted(held)), list(range(n)), list(range(n, n + len(held)))
