@@ -17,13 +17,6 @@ import json
 from pathlib import Path
 
 
-def _subset_indices(testbed, count: int, seed: int):
-    import torch
-
-    order = torch.randperm(testbed.num_train(), generator=torch.Generator().manual_seed(seed))
-    return order[:count].sort().values
-
-
 def coverage(row: dict) -> dict:
     """Per-digit test accuracy of the row's student and of the teacher, split by whether the run trained on
     that digit."""
@@ -41,7 +34,7 @@ def coverage(row: dict) -> dict:
 
         idx = pick_images(tb.teacher(), tb.train_images(), row["images"], seed=row.get("data_seed", row["seed"]))
     else:
-        idx = _subset_indices(tb, row["images"], row.get("data_seed", row["seed"]))
+        idx = tb.subset_indices(row["images"], row.get("data_seed", row["seed"]))
     train, _ = split(len(idx), row.get("options", {}).get("val_fraction", 0.1), row.get("run_seed", row["seed"]))
     seen = sorted(set(data["y_train"][idx[train]].tolist()))
     y = data["y_test"]

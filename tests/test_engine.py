@@ -277,30 +277,20 @@ def test_alternate_in_rounds_cuts_the_same_in_smaller_steps(tiny_timm, photos, t
 def test_calibration_views_are_the_images_then_seeded_augmented_views():
     """``importance_views=K``: the criterion sees every calibration image as it is, then K - 1 passes of
     augmented views of them, the same views on every run with the same seed."""
+    from vitslim.data import TensorDataset
     from vitslim.engine.augment import parse_augment
     from vitslim.engine.options import PruneOptions
     from vitslim.engine.stage import CalibrationViews
 
     x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    views = CalibrationViews(_Images(x), 3, parse_augment("default"), seed=2, chunk=2)
+    views = CalibrationViews(TensorDataset(x), 3, parse_augment("default"), seed=2, chunk=2)
     seen = list(views)
     assert len(views) == len(seen) == 15 and all(v.shape == (1, 3, 16, 16) for v in seen)
     assert torch.equal(torch.cat(seen[:5]), x)  # the images themselves first
     assert not torch.allclose(torch.cat(seen[5:10]), x) and not torch.allclose(torch.cat(seen[5:10]), torch.cat(seen[10:]))
-    assert all(torch.equal(a, b) for a, b in zip(seen, CalibrationViews(_Images(x), 3, parse_augment("default"), 2, 2)))
+    assert all(torch.equal(a, b) for a, b in zip(seen, CalibrationViews(TensorDataset(x), 3, parse_augment("default"), 2, 2)))
     with pytest.raises(UsageError, match="importance views"):
         PruneOptions(importance_views=0).validate()
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
 
 
 def test_importance_views_reach_the_criterion(tiny_timm, photos, tmp_path):

@@ -73,12 +73,15 @@ class Testbed:
 
     def subset(self, count: int, seed: int = 0) -> torch.Tensor:
         """``count`` training images picked with ``seed`` (the low-data regime: 1% is ``num_train() // 100``)."""
+        return self.train_images(self.subset_indices(count, seed))
+
+    def subset_indices(self, count: int, seed: int = 0) -> torch.Tensor:
+        """The sorted indices of the training images :meth:`subset` picks."""
         import torch
 
         total = self.num_train()
-        n = min(count, total)
         order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-        return self.train_images(order[:n].sort().values)
+        return order[:min(count, total)].sort().values
 
     def shipped_entry(self) -> dict | None:
         """This testbed's entry in the shipped manifest (file, sha256, seed, recipe, command, metrics)."""

@@ -68,8 +68,12 @@ def fingerprint_data(dataset: Any) -> str:
 def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: dict, train_options: dict) -> dict:
     """What makes two runs the same run: resuming requires every entry to match."""
     from ..info import get_info
+    from ..registry import family_of
+    from .losses import resolve_loss_scale
 
     info = get_info(teacher) or {}
+    family = family_of(teacher)
+    scale = resolve_loss_scale(train_options.get("loss_scale", "auto"), family)
     # min_steps is not kept: the resolved epochs say what it decided (and an explicit --epochs overrides it)
     keep = ("schedule", "epochs", "batch_size", "accum", "lr", "lr_schedule", "patience", "factor",
             "augment", "alpha", "val_fraction", "seed")
@@ -83,24 +87,11 @@ def run_identity(teacher: nn.Module, dataset: Any, ratio: float, prune_options: 
         **{k: train_options[k] for k in keep},
         # the scale the run trains with, recorded when it is not raw (checkpoints written before the
         # option existed were raw, and still resume; a SAM 2 one is refused: its family now scales)
-        **({"loss_scale": scale} if (scale := _loss_scale(teacher, train_options)) != "raw" else {}),
+        **({"loss_scale": scale} if scale != "raw" else {}),
         # the importance follows that scale since it could be chosen; before, the family's: a run whose
         # scale is not the family's records it, so its older checkpoints (scored otherwise) are refused
-        **({"importance_scale": scale} if scale != _family_scale(teacher) else {}),
+        **({"importance_scale": scale} if scale != family.loss_scale else {}),
     }
-
-
-def _family_scale(teacher: nn.Module) -> str:
-    from ..registry import family_of
-
-    return family_of(teacher).loss_scale
-
-
-def _loss_scale(teacher: nn.Module, train_options: dict) -> str:
-    from ..registry import family_of
-    from .losses import resolve_loss_scale
-
-    return resolve_loss_scale(train_options.get("loss_scale", "auto"), family_of(teacher))
 
 
 def differences(saved: dict, current: dict) -> list[str]:
